@@ -1,0 +1,135 @@
+"""Invariants on the paging structure, dirty logging and quiescent state (§4.4, §4.6, §4.9).
+
+| name | checks |
+|---|---|
+| I9-spte-format | present SPTEs have no reserved bits; non-leaves point at live tables of the next level that name this entry as parent; no table is reachable twice; no FROZEN SPTE is reachable; the root list holds only live roots |
+| I7-dirty-writable-unlogged | a writable 4K leaf (or TLB entry) in a dirty-logged slot whose gfn's bit is clear (no lost dirty page) |
+| I10-pin-leak | at quiescence a page's refcount equals its mappings (every fault's pin was released) |
+| I12-quiescent-idle | at quiescence every counter, lock and window is back to idle |
+"""
+
+from __future__ import annotations
+
+from kvmfuzz.errors import ProtocolViolation
+from kvmfuzz.virt.dirty import dirty_bit
+from kvmfuzz.virt.kvm import Vm
+from kvmfuzz.x86 import spte as S
+
+from .walk import Leaf, active_slot, entries, live_roots
+
+
+class SpteFormat(ProtocolViolation):
+    title = "I9-spte-format"
+
+
+class DirtyNotLogged(ProtocolViolation):
+    title = "I7-dirty-writable-unlogged"
+
+
+class PinLeak(ProtocolViolation):
+    title = "I10-pin-leak"
+
+
+class NotIdle(ProtocolViolation):
+    title = "I12-quiescent-idle"
+
+
+def check_spte_format(vm: Vm) -> None:
+    m, geo = vm.arch.masks, vm.arch.geo
+    seen: set[int] = set()
+    for root in live_roots(vm):
+        if root.parent is not None or not root.root:
+            raise SpteFormat(f"{root.describe()} on the root list is not a root")
+        for sp, idx, gfn, spte in entries(vm, root):
+            if sp.freed:
+                raise SpteFormat(f"{sp.describe()} is reachable but was freed")
+            if S.is_frozen_spte(spte):
+                raise SpteFormat(f"FROZEN SPTE reachable at gfn {gfn:#x} in {sp.describe()}")
+            if not S.is_shadow_present_pte(spte):
+                continue
+            why = S.reserved_bits_violation(m, spte, sp.level, geo)
+            if why is not None:
+                raise SpteFormat(f"gfn {gfn:#x} L{sp.level} {S.format_spte(m, spte, sp.level)}: {why}")
+            if S.is_last_spte(spte, sp.level):
+                if sp.level > geo.max_huge_level:
+                    raise SpteFormat(f"leaf at L{sp.level} (above the max huge level)")
+                continue
+            child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
+            if child is None or child.freed:
+                raise SpteFormat(f"non-leaf at gfn {gfn:#x} L{sp.level} in {sp.describe()} points "
+                                 f"to pfn {S.spte_to_pfn(spte):#x}, which is no live page table")
+            if child.level != sp.level - 1 or child.gfn != gfn or child.parent != (sp, idx):
+                raise SpteFormat(f"{child.describe()} linked at gfn {gfn:#x} L{sp.level} of "
+                                 f"{sp.describe()} does not match its level, gfn or parent")
+            if child.id in seen:
+                raise SpteFormat(f"{child.describe()} is reachable twice")
+            seen.add(child.id)
+
+
+def check_dirty_logging(vm: Vm, leaves: list[Leaf]) -> None:
+    for leaf in leaves:
+        if leaf.level != 1 or not S.is_writable_pte(leaf.spte) or leaf.source is None:
+            continue
+        slot = active_slot(vm, leaf.root.as_id, leaf.gfn)
+        if (slot is None or not slot.logging or slot.serial != leaf.source.slot_serial
+                or slot.serial in vm.ghost.dirty_enable_in_flight):
+            continue
+        if not dirty_bit(slot, leaf.gfn):
+            raise DirtyNotLogged(f"{leaf.describe(vm)} is writable in dirty-logged "
+                                 f"{slot.describe()} but gfn {leaf.gfn:#x}'s dirty bit is clear: "
+                                 "a write through it would be lost to the next harvest")
+    for vcpu in vm.vcpus:
+        for e in vcpu.tlb.entries.values():
+            if not e.writable or e.source is None:
+                continue
+            slot = active_slot(vm, vcpu.as_id, e.gfn)
+            if (slot is None or not slot.logging or slot.serial != e.source.slot_serial
+                    or slot.serial in vm.ghost.dirty_enable_in_flight
+                    or slot.serial in vm.ghost.get_in_flight):
+                continue
+            if not dirty_bit(slot, e.gfn):
+                raise DirtyNotLogged(f"{vcpu.name} TLB holds a writable entry for gfn "
+                                     f"{e.gfn:#x} in dirty-logged {slot.describe()} whose dirty "
+                                     "bit is clear")
+
+
+def check_pins_released(vm: Vm) -> None:
+    mapped: dict[int, int] = {}
+    for folio in vm.mm.pmds.values():
+        mapped[folio.head] = mapped.get(folio.head, 0) + 1
+    for folio in vm.mm.ptes.values():
+        mapped[folio.head] = mapped.get(folio.head, 0) + 1
+    for f in vm.gmem_files:
+        for folio in f.folios.values():
+            mapped[folio.head] = mapped.get(folio.head, 0) + 1
+    seen: set[int] = set()
+    for pfn in sorted(vm.pages.folios):
+        folio = vm.pages.folios[pfn]
+        if folio.freed or folio.head in seen or folio.owner == "pt":
+            continue
+        seen.add(folio.head)
+        if folio.refcount != mapped.get(folio.head, 0):
+            raise PinLeak(f"{folio.owner} folio pfn {folio.head:#x} has refcount "
+                          f"{folio.refcount} but {mapped.get(folio.head, 0)} mappings at quiescence:"
+                          " a fault's page reference was not released")
+
+
+def check_quiescent_idle(vm: Vm) -> None:
+    problems = []
+    if vm.mmu_invalidate_in_progress:
+        problems.append(f"in_progress = {vm.mmu_invalidate_in_progress}")
+    if vm.mn_active_invalidate_count:
+        problems.append(f"mn_active_invalidate_count = {vm.mn_active_invalidate_count}")
+    if vm.ghost.windows:
+        problems.append(f"{len(vm.ghost.windows)} invalidation windows open")
+    if vm.srcu.readers:
+        problems.append(f"{len(vm.srcu.readers)} SRCU readers")
+    for lock in (vm.slots_lock, vm.slots_arch_lock, vm.mn_invalidate_lock):
+        if lock.owner is not None:
+            problems.append(f"{lock.name} held by {lock.owner.name}")
+    if vm.mmu_lock.writer is not None or vm.mmu_lock.readers:
+        problems.append(f"mmu_lock held by {vm.mmu_lock.holder_names()}")
+    if vm.mn_memslots_update_rcuwait.task is not None:
+        problems.append("a memslot updater still waits")
+    if problems:
+        raise NotIdle("at quiescence: " + "; ".join(problems))

@@ -1,0 +1,418 @@
+"""x86 MMU state and the arch hooks generic KVM calls (arch/x86/kvm/mmu/mmu.c, x86.c).
+
+``KvmArch`` is the part of ``kvm->arch`` the protocol touches: the TDP MMU root list,
+``mmu_valid_gen``, the SPTE masks and the paging geometry. The hooks: ``kvm_unmap_gfn_range``,
+``kvm_arch_flush_shadow_memslot`` (``kvm_mmu_zap_all_fast`` with the SLOT_ZAP_ALL quirk, else
+``kvm_mmu_zap_memslot``), ``kvm_arch_memslots_updated`` (MMIO generation wrap),
+``kvm_arch_prepare/commit_memory_region`` (lpage_info and ``kvm_mmu_slot_apply_flags``),
+huge-page eligibility (``kvm_mmu_hugepage_adjust``, ``__kvm_mmu_max_mapping_level``,
+``host_pfn_mapping_level``), the memory-attribute hooks (``kvm_arch_pre/post_set_memory_attributes``
+with MIXED tracking), and root management (``kvm_tdp_mmu_alloc_root``, ``kvm_mmu_free_obsolete_roots``).
+
+Left out: the shadow MMU (rmaps, shadow pages, write-tracking; ``tdp_mmu=Y`` only), NX huge
+pages, PML, SEV/TDX, the MMU page quota.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from kvmfuzz.points import Point
+from kvmfuzz.sched.traps import Op, read_lock, write_lock
+from kvmfuzz.virt.kvm import KVM_LPAGE_MIXED_FLAG, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, Memslot
+from kvmfuzz.x86 import spte as S
+from kvmfuzz.x86.geometry import Geometry
+from kvmfuzz.x86.tdp_mmu import (
+    KvmMmuPage,
+    TdpIter,
+    for_each_tdp_pte,
+    kvm_tdp_mmu_unmap_gfn_range,
+    tdp_mmu_alloc_sp,
+    tdp_mmu_free_sp,
+    tdp_mmu_set_spte_atomic,
+    tdp_mmu_split_huge_page,
+    tdp_mmu_zap_root,
+)
+from kvmfuzz.x86.tlb import kvm_flush_remote_tlbs, kvm_flush_remote_tlbs_range
+
+if TYPE_CHECKING:
+    from kvmfuzz.sched.scheduler import Actor
+    from kvmfuzz.virt.kvm import Vm
+    from kvmfuzz.virt.notifier import KvmGfnRange
+    from kvmfuzz.x86.vcpu import Vcpu
+
+KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "MMU_FREE_OBSOLETE_ROOTS"
+KVM_REQ_TLB_FLUSH = "TLB_FLUSH"
+
+
+@attrs.define(eq=False)
+class KvmArch:
+    """The MMU part of ``struct kvm_arch``."""
+
+    geo: Geometry
+    masks: S.SpteMasks
+    roots: list[KvmMmuPage] = attrs.field(factory=list)  # tdp_mmu_roots
+    sp_by_pfn: dict[int, KvmMmuPage] = attrs.field(factory=dict)
+    next_sp_id: int = 0
+    mmu_valid_gen: int = 0
+    stats_remote_flushes: int = 0
+    mmio_gen_mask: int = S.MMIO_SPTE_GEN_MASK
+
+
+# -- roots --------------------------------------------------------------------------------
+
+def kvm_tdp_mmu_alloc_root(vm: Vm, vcpu: Vcpu, actor: Actor) -> Op[KvmMmuPage]:
+    """kvm_tdp_mmu_alloc_root(): reuse a valid root of the role, or make one (refcount 2)."""
+    yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
+    root = next((r for r in vm.arch.roots
+                 if not r.role_invalid and not r.freed and r.as_id == vcpu.as_id), None)
+    if root is not None:
+        root.root_refcount += 1  # kvm_tdp_mmu_get_root()
+    else:
+        root = tdp_mmu_alloc_sp(vm, vm.arch.geo.root_level, 0, vcpu.as_id)
+        root.root = True
+        root.root_refcount = 2  # the vCPU's reference and the MMU's until invalidated
+        vm.arch.roots.append(root)
+        vm.ghost.event("root.alloc")
+    vm.mmu_lock.read_unlock(actor)
+    return root
+
+
+def kvm_tdp_mmu_put_root(vm: Vm, root: KvmMmuPage) -> None:
+    """kvm_tdp_mmu_put_root(): drop a reference; the last one frees the (empty) root."""
+    root.root_refcount -= 1
+    if root.root_refcount == 0:
+        vm.arch.roots.remove(root)
+        tdp_mmu_free_sp(vm, root)
+        vm.ghost.event("root.freed")
+
+
+def is_obsolete_sp(vm: Vm, sp: KvmMmuPage) -> bool:
+    """is_obsolete_sp(): TDP MMU pages are obsolete only through role.invalid."""
+    return sp.role_invalid
+
+
+def kvm_mmu_free_obsolete_roots(vm: Vm, vcpu: Vcpu, actor: Actor) -> None:
+    """kvm_mmu_free_obsolete_roots(): put the vCPU's root if it is obsolete."""
+    if vcpu.root is not None and is_obsolete_sp(vm, vcpu.root):
+        kvm_tdp_mmu_put_root(vm, vcpu.root)
+        vcpu.root = None
+
+
+def kvm_mmu_reload(vm: Vm, vcpu: Vcpu, actor: Actor) -> Op[None]:
+    """kvm_mmu_reload() -> kvm_mmu_load(): get a root, then flush the TLB for it."""
+    if vcpu.root is not None:
+        return
+    vcpu.root = yield from kvm_tdp_mmu_alloc_root(vm, vcpu, actor)
+    vcpu.tlb.flush_root(vcpu.root.id)  # kvm_mmu_load(): flush_tlb_current
+
+
+# -- zapping ------------------------------------------------------------------------------
+
+def kvm_unmap_gfn_range(vm: Vm, actor: Actor, rng: KvmGfnRange) -> Op[bool]:
+    """kvm_unmap_gfn_range(): lockdep says in_progress or slots_lock; zap the TDP MMU."""
+    if not vm.mmu_invalidate_in_progress and not vm.slots_lock.is_held_by(actor):
+        from kvmfuzz.virt.notifier import warn
+        warn(vm, "kvm_unmap_gfn_range outside an invalidation and without slots_lock (I11)")
+    return (yield from kvm_tdp_mmu_unmap_gfn_range(
+        vm, actor, rng.slot.as_id, rng.start, rng.end, rng.may_block, False))
+
+
+def kvm_tdp_mmu_invalidate_roots(vm: Vm, actor: Actor) -> None:
+    """kvm_tdp_mmu_invalidate_roots(): mark every valid root invalid and scheduled to zap."""
+    vm.mmu_lock.assert_held_write(actor)
+    for root in vm.arch.roots:
+        if not root.role_invalid:
+            root.role_invalid = True
+            root.scheduled_root_to_zap = True
+
+
+def kvm_tdp_mmu_zap_invalidated_roots(vm: Vm, actor: Actor) -> Op[None]:
+    """kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root under mmu_lock (R)."""
+    yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
+    for root in list(vm.arch.roots):
+        if not root.scheduled_root_to_zap or root.freed:
+            continue
+        root.scheduled_root_to_zap = False
+        root.root_refcount += 1  # held across the zap and its yields
+        yield from tdp_mmu_zap_root(vm, actor, root, True)
+        kvm_tdp_mmu_put_root(vm, root)  # the walker's reference
+        kvm_tdp_mmu_put_root(vm, root)  # the MMU's reference, dropped after the zap
+    vm.mmu_lock.read_unlock(actor)
+
+
+def kvm_mmu_zap_all_fast(vm: Vm, actor: Actor) -> Op[None]:
+    """kvm_mmu_zap_all_fast(): obsolete every root, make vCPUs reload, zap them (Z1-Z7)."""
+    vm.slots_lock.assert_held(actor)
+    yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+    vm.arch.mmu_valid_gen ^= 1
+    if not vm.bug("zap_all_fast_forgets_invalidate"):
+        kvm_tdp_mmu_invalidate_roots(vm, actor)
+    for vcpu in vm.vcpus:  # kvm_make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
+        vcpu.requests.add(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
+    vm.mmu_lock.write_unlock(actor)
+    vm.ghost.event("zap_all_fast")
+    yield from kvm_tdp_mmu_zap_invalidated_roots(vm, actor)
+
+
+def kvm_mmu_zap_memslot(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
+    """kvm_mmu_zap_memslot(): zap only the slot's gfns in all roots; no begin/end."""
+    yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+    flush = yield from kvm_tdp_mmu_unmap_gfn_range(vm, actor, slot.as_id, slot.base_gfn,
+                                                    slot.base_gfn + slot.npages, True, False)
+    if flush:
+        kvm_flush_remote_tlbs_range(vm, actor, slot.base_gfn, slot.npages)
+    vm.mmu_lock.write_unlock(actor)
+
+
+def kvm_arch_flush_shadow_memslot(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
+    """kvm_arch_flush_shadow_memslot(): zap-all with the SLOT_ZAP_ALL quirk, else the slot."""
+    if vm.config.slot_zap_all:
+        yield from kvm_mmu_zap_all_fast(vm, actor)
+    else:
+        yield from kvm_mmu_zap_memslot(vm, actor, slot)
+
+
+def kvm_arch_memslots_updated(vm: Vm, actor: Actor, gen: int) -> Op[None]:
+    """kvm_arch_memslots_updated() -> kvm_mmu_invalidate_mmio_sptes(): zap all on a wrap."""
+    gen &= vm.arch.mmio_gen_mask
+    gen &= ~(vm.config.nr_as - 1)
+    if gen == 0 and not vm.bug("mmio_gen_wrap_not_handled"):
+        vm.ghost.event("mmio_gen.wrap")
+        yield from kvm_mmu_zap_all_fast(vm, actor)
+
+
+# -- huge pages ---------------------------------------------------------------------------
+
+def gfn_to_index(geo: Geometry, gfn: int, base_gfn: int, level: int) -> int:
+    """gfn_to_index()."""
+    shift = geo.level_bits * (level - 1)
+    return (gfn >> shift) - (base_gfn >> shift)
+
+
+def lpage_info_slot(vm: Vm, gfn: int, slot: Memslot, level: int) -> tuple[list[int], int]:
+    """lpage_info_slot(): the disallow_lpage array and index for gfn at level."""
+    return slot.lpage_info[level], gfn_to_index(vm.arch.geo, gfn, slot.base_gfn, level)
+
+
+def kvm_alloc_memslot_metadata(vm: Vm, slot: Memslot) -> None:
+    """kvm_alloc_memslot_metadata(): disallow_lpage for unaligned heads, tails, hva skew."""
+    geo = vm.arch.geo
+    slot.lpage_info = {}
+    for level in range(2, geo.max_huge_level + 1):
+        pages = geo.pages(level)
+        lpages = gfn_to_index(geo, slot.base_gfn + slot.npages - 1, slot.base_gfn, level) + 1
+        linfo = [0] * lpages
+        if slot.base_gfn & (pages - 1):
+            linfo[0] = 1
+        if (slot.base_gfn + slot.npages) & (pages - 1):
+            linfo[lpages - 1] = 1
+        if (slot.base_gfn ^ slot.userspace_addr) & (pages - 1):
+            linfo = [1] * lpages
+        slot.lpage_info[level] = linfo
+    if vm.config.private_mem:
+        kvm_mmu_init_memslot_memory_attributes(vm, slot)
+
+
+def __kvm_mmu_max_mapping_level(vm: Vm, slot: Memslot, gfn: int, max_level: int,
+                                is_private: bool) -> int:
+    """__kvm_mmu_max_mapping_level(): lpage_info, then (shared) the host mapping level."""
+    max_level = min(max_level, vm.arch.geo.max_huge_level)
+    while max_level > 1:
+        linfo, idx = lpage_info_slot(vm, gfn, slot, max_level)
+        if not linfo[idx]:
+            break
+        max_level -= 1
+    if is_private:
+        return max_level
+    if max_level == 1:
+        return 1
+    host_level = host_pfn_mapping_level(vm, gfn, slot)
+    return min(host_level, max_level)
+
+
+def host_pfn_mapping_level(vm: Vm, gfn: int, slot: Memslot) -> int:
+    """host_pfn_mapping_level(): walk the host page tables for the gfn's hva (lockless)."""
+    return vm.mm.host_pfn_mapping_level(slot.gfn_to_hva(gfn))
+
+
+# -- memory attributes --------------------------------------------------------------------
+
+def hugepage_test_mixed(vm: Vm, slot: Memslot, gfn: int, level: int) -> bool:
+    linfo, idx = lpage_info_slot(vm, gfn, slot, level)
+    return bool(linfo[idx] & KVM_LPAGE_MIXED_FLAG)
+
+
+def hugepage_set_mixed(vm: Vm, slot: Memslot, gfn: int, level: int, mixed: bool) -> None:
+    """hugepage_set_mixed() / hugepage_clear_mixed()."""
+    linfo, idx = lpage_info_slot(vm, gfn, slot, level)
+    linfo[idx] = linfo[idx] | KVM_LPAGE_MIXED_FLAG if mixed else linfo[idx] & ~KVM_LPAGE_MIXED_FLAG
+
+
+def hugepage_has_attrs(vm: Vm, slot: Memslot, gfn: int, level: int, attrs_: int) -> bool:
+    """hugepage_has_attrs(): 2M scans gfns; 1G uses the 2M MIXED flags and first gfns."""
+    geo = vm.arch.geo
+    end = gfn + geo.pages(level)
+    if level == 2:
+        return all(vm.mem_attr_array.get(g, 0) == attrs_ for g in range(gfn, end))
+    for g in range(gfn, end, geo.pages(level - 1)):
+        if hugepage_test_mixed(vm, slot, g, level - 1) or vm.mem_attr_array.get(g, 0) != attrs_:
+            return False
+    return True
+
+
+def kvm_mmu_init_memslot_memory_attributes(vm: Vm, slot: Memslot) -> None:
+    """kvm_mmu_init_memslot_memory_attributes(): MIXED for every frame wholly in the slot."""
+    geo = vm.arch.geo
+    for level in range(2, geo.max_huge_level + 1):
+        pages = geo.pages(level)
+        start = geo.align_down(slot.base_gfn, level)
+        end = geo.align_down(slot.base_gfn + slot.npages, level)
+        if start < slot.base_gfn:
+            start += pages
+        for gfn in range(start, end, pages):
+            attrs_ = vm.mem_attr_array.get(gfn, 0)
+            hugepage_set_mixed(vm, slot, gfn, level,
+                               not hugepage_has_attrs(vm, slot, gfn, level, attrs_))
+
+
+def kvm_arch_pre_set_memory_attributes(vm: Vm, actor: Actor, rng: KvmGfnRange,
+                                       window: object) -> Op[bool]:
+    """kvm_arch_pre_set_memory_attributes(): add head/tail huge frames, then unmap."""
+    from kvmfuzz.virt.notifier import kvm_mmu_invalidate_range_add
+    geo, slot = vm.arch.geo, rng.slot
+    if not vm.bug("attr_pre_skips_head_tail"):
+        for level in range(2, geo.max_huge_level + 1):
+            pages = geo.pages(level)
+            start = geo.align_down(rng.start, level)
+            end = geo.align_down(rng.end - 1, level)
+            if ((start != rng.start or start + pages > rng.end) and start >= slot.base_gfn
+                    and start + pages <= slot.base_gfn + slot.npages
+                    and not hugepage_test_mixed(vm, slot, start, level)):
+                kvm_mmu_invalidate_range_add(vm, window, start, start + pages)  # type: ignore[arg-type]
+            if end == start:
+                continue
+            if (end + pages > rng.end and end + pages <= slot.base_gfn + slot.npages
+                    and not hugepage_test_mixed(vm, slot, end, level)):
+                kvm_mmu_invalidate_range_add(vm, window, end, end + pages)  # type: ignore[arg-type]
+    return (yield from kvm_unmap_gfn_range(vm, actor, rng))
+
+
+def kvm_arch_post_set_memory_attributes(vm: Vm, actor: Actor, rng: KvmGfnRange,
+                                        attrs_: int) -> None:
+    """kvm_arch_post_set_memory_attributes(): recompute MIXED for head, body, tail frames."""
+    vm.mmu_lock.assert_held_write(actor)
+    vm.slots_lock.assert_held(actor)
+    geo, slot = vm.arch.geo, rng.slot
+    for level in range(2, geo.max_huge_level + 1):
+        pages = geo.pages(level)
+        gfn = geo.align_down(rng.start, level)
+        if gfn != rng.start or gfn + pages > rng.end:
+            if gfn >= slot.base_gfn and gfn + pages <= slot.base_gfn + slot.npages:
+                hugepage_set_mixed(vm, slot, gfn, level,
+                                   not hugepage_has_attrs(vm, slot, gfn, level, attrs_))
+            gfn += pages
+        while gfn + pages <= rng.end:
+            hugepage_set_mixed(vm, slot, gfn, level, False)
+            gfn += pages
+        if gfn < rng.end and gfn + pages <= slot.base_gfn + slot.npages:
+            hugepage_set_mixed(vm, slot, gfn, level,
+                               not hugepage_has_attrs(vm, slot, gfn, level, attrs_))
+
+
+# -- memslot prepare / commit ---------------------------------------------------------------
+
+def kvm_arch_prepare_memory_region(vm: Vm, old: Memslot | None, new: Memslot | None,
+                                   change: str) -> int:
+    """kvm_arch_prepare_memory_region(): lpage_info for CREATE/MOVE; FLAGS_ONLY shares it."""
+    if change in ("CREATE", "MOVE"):
+        assert new is not None
+        kvm_alloc_memslot_metadata(vm, new)
+    elif change == "FLAGS_ONLY":
+        assert new is not None and old is not None
+        new.lpage_info = old.lpage_info
+    return 0
+
+
+def kvm_arch_commit_memory_region(vm: Vm, actor: Actor, old: Memslot | None,
+                                  new: Memslot | None, change: str) -> Op[None]:
+    """kvm_arch_commit_memory_region() -> kvm_mmu_slot_apply_flags() (not on DELETE)."""
+    if change != "DELETE":
+        assert new is not None
+        yield from kvm_mmu_slot_apply_flags(vm, actor, old, new, change)
+
+
+def kvm_mmu_slot_apply_flags(vm: Vm, actor: Actor, old: Memslot | None, new: Memslot,
+                             change: str) -> Op[None]:
+    """kvm_mmu_slot_apply_flags(): dirty logging on -> split + write-protect + flush."""
+    old_flags = old.flags if old is not None else 0
+    log_dirty_toggled = (old_flags ^ new.flags) & KVM_MEM_LOG_DIRTY_PAGES
+    if change != "FLAGS_ONLY" or new.flags & KVM_MEM_READONLY:
+        return
+    if not log_dirty_toggled:
+        from kvmfuzz.virt.notifier import warn
+        warn(vm, "FLAGS_ONLY without a LOG_DIRTY toggle")
+        return
+    if not new.flags & KVM_MEM_LOG_DIRTY_PAGES:
+        vm.ghost.event("dirty_log.disable")
+        from kvmfuzz.x86.huge import kvm_mmu_recover_huge_pages
+        yield from kvm_mmu_recover_huge_pages(vm, actor, new)
+        return
+    vm.ghost.event("dirty_log.enable")
+    if vm.config.manual_protect and vm.config.initially_set:
+        return
+    if vm.config.eager_split:
+        yield from kvm_mmu_slot_try_split_huge_pages(vm, actor, new)
+    if not vm.bug("dirty_log_enable_skips_wrprot"):
+        yield from kvm_mmu_slot_remove_write_access(vm, actor, new, 1)
+    kvm_flush_remote_tlbs_range(vm, actor, new.base_gfn, new.npages)
+
+
+def kvm_mmu_slot_try_split_huge_pages(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
+    """kvm_mmu_slot_try_split_huge_pages() -> tdp_mmu_split_huge_pages_root() (mmu_lock R)."""
+    yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
+    for root in [r for r in vm.arch.roots if not r.role_invalid and r.as_id == slot.as_id]:
+        for level in range(vm.arch.geo.max_huge_level, 1, -1):
+            for it in for_each_tdp_pte(vm, root, slot.base_gfn, slot.base_gfn + slot.npages, level):
+                while (it.level == level and S.is_shadow_present_pte(it.old_spte)
+                       and S.is_large_pte(it.old_spte)):
+                    sp = tdp_mmu_alloc_sp(vm, level - 1, it.gfn, root.as_id)
+                    if tdp_mmu_split_huge_page(vm, it, sp):
+                        break
+                    tdp_mmu_free_sp(vm, sp)
+    vm.mmu_lock.read_unlock(actor)
+
+
+def kvm_mmu_slot_remove_write_access(vm: Vm, actor: Actor, slot: Memslot,
+                                     min_level: int) -> Op[None]:
+    """kvm_mmu_slot_remove_write_access() -> kvm_tdp_mmu_wrprot_slot() (mmu_lock R).
+
+    Clears W only: MMU-writable stays, so the fast path may set W again (and mark dirty).
+    """
+    yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
+    for root in [r for r in vm.arch.roots if not r.role_invalid and r.as_id == slot.as_id]:
+        for it in for_each_tdp_pte(vm, root, slot.base_gfn, slot.base_gfn + slot.npages,
+                                   min_level):
+            while (S.is_shadow_present_pte(it.old_spte) and S.is_last_spte(it.old_spte, it.level)
+                   and S.is_writable_pte(it.old_spte)):
+                if tdp_mmu_set_spte_atomic(vm, it, it.old_spte & ~S.PT_WRITABLE_MASK):
+                    vm.ghost.event("spte.wrprot")
+                    break
+    vm.mmu_lock.read_unlock(actor)
+
+
+def write_protect_it(vm: Vm, it: TdpIter) -> bool:
+    """Clear W of the SPTE at ``it`` with cmpxchg semantics (used by dirty-log harvest)."""
+    return tdp_mmu_set_spte_atomic(vm, it, it.old_spte & ~S.PT_WRITABLE_MASK)
+
+
+def kvm_zap_all_roots_now(vm: Vm, actor: Actor) -> Op[None]:
+    """Test helper: kvm_mmu_zap_all() under mmu_lock (W)."""
+    yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+    flush = yield from kvm_tdp_mmu_unmap_gfn_range(vm, actor, 0, 0, vm.arch.geo.max_gfn,
+                                                    False, False)
+    if flush:
+        kvm_flush_remote_tlbs(vm, actor)
+    vm.mmu_lock.write_unlock(actor)
