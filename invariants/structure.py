@@ -15,7 +15,7 @@ from kvmfuzz.virt.dirty import dirty_bit
 from kvmfuzz.virt.kvm import Vm
 from kvmfuzz.x86 import spte as S
 
-from .walk import Leaf, active_slot, entries, live_roots
+from .walk import Leaf, active_slot, entries, live_roots, usable_tlb_entries
 
 
 class SpteFormat(ProtocolViolation):
@@ -79,7 +79,7 @@ def check_dirty_logging(vm: Vm, leaves: list[Leaf]) -> None:
                                  f"{slot.describe()} but gfn {leaf.gfn:#x}'s dirty bit is clear: "
                                  "a write through it would be lost to the next harvest")
     for vcpu in vm.vcpus:
-        for e in vcpu.tlb.entries.values():
+        for e in usable_tlb_entries(vcpu):
             if not e.writable or e.source is None:
                 continue
             slot = active_slot(vm, vcpu.as_id, e.gfn)
@@ -127,6 +127,10 @@ def check_quiescent_idle(vm: Vm) -> None:
     for lock in (vm.slots_lock, vm.slots_arch_lock, vm.mn_invalidate_lock):
         if lock.owner is not None:
             problems.append(f"{lock.name} held by {lock.owner.name}")
+    for f in vm.gmem_files:
+        if f.invalidate_lock.owner is not None:
+            problems.append(f"gmem{f.id} filemap_invalidate_lock held by "
+                            f"{f.invalidate_lock.owner.name}")
     if vm.mmu_lock.writer is not None or vm.mmu_lock.readers:
         problems.append(f"mmu_lock held by {vm.mmu_lock.holder_names()}")
     if vm.mn_memslots_update_rcuwait.task is not None:

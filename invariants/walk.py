@@ -9,6 +9,8 @@ import attrs
 from kvmfuzz.virt.kvm import Memslot, Vm
 from kvmfuzz.x86 import spte as S
 from kvmfuzz.x86.tdp_mmu import KvmMmuPage, Source
+from kvmfuzz.x86.tlb import TlbEntry
+from kvmfuzz.x86.vcpu import Vcpu
 
 
 @attrs.frozen
@@ -51,6 +53,17 @@ def present_leaves(vm: Vm) -> list[Leaf]:
             if S.is_shadow_present_pte(spte) and S.is_last_spte(spte, sp.level):
                 out.append(Leaf(root, sp, idx, sp.level, gfn, spte, sp.src.get(idx)))
     return out
+
+
+def usable_tlb_entries(vcpu: Vcpu) -> list[TlbEntry]:
+    """TLB entries the vCPU can still hit: tagged with its current root, while that root is
+    valid. (Entries of an abandoned root are unreachable: kvm_mmu_load() flushes the current
+    root's tag before use; an invalid root is never entered again after the reload request.)"""
+    root = vcpu.root
+    if root is None or root.role_invalid:
+        return []
+    return sorted((e for e in vcpu.tlb.entries.values() if e.root_id == root.id),
+                  key=lambda e: e.gfn)
 
 
 def host_pfn(vm: Vm, src: Source) -> int | None:

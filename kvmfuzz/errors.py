@@ -69,4 +69,4 @@ class Deadlock(ProtocolViolation):
 class NoProgress(ProtocolViolation):
     """An operation retried more often than the protocol allows with nothing pending."""
 
-    title = "no-progress"
+    title = "I12-fault-progress"

@@ -163,13 +163,19 @@ class Mm:
             self._split_pmd_locked(base)
         yield from self._notify_end(actor, rng)
 
+    def _split_partial(self, actor: Actor, rng: HvaRange) -> Op[None]:
+        """Split every THP that ``rng`` covers only in part (zap_pmd_range / change_pmd_range
+        -> __split_huge_pmd), re-checking after each split's notifiers gave up control."""
+        while parts := self._partial_huge(rng):
+            yield from self.split_huge_pmd(actor, parts[0])
+
     def zap_range(self, actor: Actor, rng: HvaRange, unmap_vma: bool) -> Op[None]:
         """zap_page_range_single() (DONTNEED) / unmap_region() (munmap)."""
         yield from self._notify_start(actor, rng)
         yield from preempt(Point.HOST_PTE_CHANGE)
-        for base in self._partial_huge(rng):
-            yield from self.split_huge_pmd(actor, base)
-        for base in sorted(b for b in self.pmds if rng.start <= b < rng.end):
+        yield from self._split_partial(actor, rng)
+        for base in sorted(b for b in self.pmds
+                           if rng.start <= b and b + self.huge_pages <= rng.end):
             self.pages.put(self.pmds.pop(base))
         for hva in range(rng.start, rng.end):
             self._unmap_pte(hva)
@@ -181,8 +187,7 @@ class Mm:
         """mprotect() -> change_protection(): notifier bracket around the PTE updates."""
         yield from self._notify_start(actor, rng)
         yield from preempt(Point.HOST_PTE_CHANGE)
-        for base in self._partial_huge(rng):
-            yield from self.split_huge_pmd(actor, base)
+        yield from self._split_partial(actor, rng)
         for hva in range(rng.start, rng.end):
             if hva in self.prot:
                 self.prot[hva] = writable

@@ -203,9 +203,10 @@ class Srcu:
 
     def read_unlock(self, actor: Actor, idx: int) -> None:
         """srcu_read_unlock()."""
-        reader = self.readers.pop(idx, None)
+        reader = self.readers.get(idx)
         if reader is None or reader.actor is not actor:
             raise ModelError(f"{actor.name}: srcu_read_unlock({idx}) without its read_lock")
+        del self.readers[idx]
         actor.srcu_idx.remove(idx)
 
     def in_read_section(self, actor: Actor) -> bool:

@@ -148,6 +148,7 @@ class Scheduler:
         self.last = actor
         self.steps += 1
         op_name = actor.op_name
+        actor.pending = None  # consumed: a running actor waits for nothing (contended())
         try:
             msg = next(actor.gen)
         except StopIteration as stop:

@@ -8,7 +8,11 @@ reject anything else. Each helper yields one small frozen message:
 - ``Block(waitable, point)``: the operation stops at ``point`` and is runnable only when
   ``waitable.ready(actor)``; on resume it takes what it waited for in the same atomic step.
 
-Releasing a lock never yields. The scheduler knows nothing of KVM: a point is any enum member.
+Releasing a lock never yields. Taking a lock yields only when it is unavailable: an
+uncontended acquisition merges with the local work before it, which loses no ordering (another
+actor can still take the lock first by running at the preceding point, and then this one
+blocks here). Points where the kernel has a real window between two lock sections are
+explicit ``preempt`` calls. The scheduler knows nothing of KVM: a point is any enum member.
 """
 
 from __future__ import annotations
@@ -57,24 +61,33 @@ def preempt(point: enum.Enum) -> Op[None]:
 
 def mutex_lock(lock: Mutex, actor: Actor, point: enum.Enum) -> Op[None]:
     """mutex_lock() / spin_lock(): block until free, then own it."""
-    yield Block(lock.waiter(), point)
+    waiter = lock.waiter()
+    if not waiter.ready(actor):
+        yield Block(waiter, point)
     lock.acquire(actor)
 
 
 def read_lock(lock: RwLock, actor: Actor, point: enum.Enum) -> Op[None]:
     """read_lock(&kvm->mmu_lock)."""
-    yield Block(lock.read_waiter(), point)
+    waiter = lock.read_waiter()
+    if not waiter.ready(actor):
+        yield Block(waiter, point)
     lock.acquire_read(actor)
 
 
 def write_lock(lock: RwLock, actor: Actor, point: enum.Enum) -> Op[None]:
     """write_lock(&kvm->mmu_lock)."""
-    yield Block(lock.write_waiter(), point)
+    waiter = lock.write_waiter()
+    if not waiter.ready(actor):
+        yield Block(waiter, point)
     lock.acquire_write(actor)
 
 
 def synchronize_srcu(srcu: Srcu, actor: Actor, point: enum.Enum) -> Op[None]:
-    """synchronize_srcu(): wait until every reader that entered before this call has left."""
+    """synchronize_srcu(): wait until every reader that entered before this call has left.
+
+    Always a preemption point: a grace period takes time even with no reader to wait for.
+    """
     grace = srcu.start_grace_period(actor)
     yield Block(grace, point)
     srcu.end_grace_period(grace)

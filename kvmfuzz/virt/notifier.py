@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from kvmfuzz.points import Point
-from kvmfuzz.sched.traps import Op, mutex_lock, write_lock
+from kvmfuzz.sched.traps import Op, mutex_lock, preempt, write_lock
 from kvmfuzz.units import INVALID_GPA, GfnRange, HvaRange
 from kvmfuzz.virt.kvm import Memslot, Vm, Window
 
@@ -177,6 +177,7 @@ def kvm_mmu_notifier_invalidate_range_start(vm: Vm, actor: Actor, rng: HvaRange)
     yield from mutex_lock(vm.mn_invalidate_lock, actor, Point.MN_INVALIDATE_LOCK)
     vm.mn_active_invalidate_count += 1
     vm.mn_invalidate_lock.release(actor)
+    yield from preempt(Point.MN_START_COUNTED)  # S2 (gpc) runs unlocked before the slot walk
 
     def handler(vm: Vm, actor: Actor, r: KvmGfnRange) -> Op[bool]:
         return kvm_mmu_unmap_gfn_range(vm, actor, r, window)
@@ -197,6 +198,7 @@ def kvm_mmu_notifier_invalidate_range_end(vm: Vm, actor: Actor, rng: HvaRange) -
     yield from __kvm_handle_hva_range(
         vm, actor, rng, on_lock=kvm_mmu_invalidate_end, handler=None, flush_on_ret=False,
         lockless=False, window=window)
+    yield from preempt(Point.MN_END_BEFORE_COUNT)  # mmu_lock and SRCU dropped, count not yet
     yield from mutex_lock(vm.mn_invalidate_lock, actor, Point.MN_INVALIDATE_LOCK)
     if vm.mn_active_invalidate_count == 0:
         warn(vm, "mn_active_invalidate_count underflow")

@@ -91,7 +91,7 @@ def kvm_mmu_page_fault(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op
     r = RET_PF_INVALID
     if fault.rsvd:
         r = handle_mmio_page_fault(vm, vcpu, fault)
-        if r == RET_PF_EMULATE or r == RET_PF_RETRY:
+        if r in (RET_PF_EMULATE, RET_PF_RETRY):
             return r
     return (yield from kvm_tdp_mmu_page_fault(vm, vcpu, actor, fault))
 

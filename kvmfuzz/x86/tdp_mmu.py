@@ -176,7 +176,7 @@ def handle_changed_spte(vm: Vm, sp: KvmMmuPage, idx: int, gfn: int, old: int, ne
 def tdp_mmu_set_spte_atomic(vm: Vm, it: TdpIter, new: int) -> bool:
     """tdp_mmu_set_spte_atomic(): cmpxchg; on failure refresh ``it.old_spte``, return False."""
     current = it.sp.spt[it.idx]
-    if current != it.old_spte or vm.bug("noop") and False:
+    if current != it.old_spte:
         it.old_spte = current
         vm.ghost.event("spte.cmpxchg_lost")
         return False

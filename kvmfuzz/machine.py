@@ -1,0 +1,235 @@
+"""The Hypothesis stateful machine: a thin adapter over ``kvmfuzz.driver.Driver``.
+
+Rules only start operations on idle actors or advance the schedule with ``run(pick)`` (pick
+0 = the last actor keeps running, so shrinking minimises context switches). Invariants run
+inside the driver after every step; teardown runs every actor to completion.
+``make_machine(bug=..., plain=...)`` builds a machine class for a planted bug; ``plain=True``
+gives the baseline machine with uniform arguments and no protocol-aware biasing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from hypothesis import event, note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from kvmfuzz.config import VmConfig
+from kvmfuzz.driver import Driver, SlotSpec
+from kvmfuzz.strategies import memslot_layouts, near, vm_configs
+from kvmfuzz.virt.kvm import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+
+
+@attrs.define
+class Stats:
+    """What a campaign did (filled by the machines it runs)."""
+
+    examples: int = 0
+    steps: int = 0
+    starts: dict[str, int] = attrs.field(factory=dict)
+    events: dict[str, int] = attrs.field(factory=dict)
+    points: dict[str, int] = attrs.field(factory=dict)
+
+
+class KvmMachine(RuleBasedStateMachine):
+    bug: str | None = None
+    plain: bool = False
+    private_mem: bool | None = None
+    stats: Stats | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.driver: Driver | None = None
+
+    # -- setup ----------------------------------------------------------------------------
+    @initialize(data=st.data())
+    def init_vm(self, data: st.DataObject) -> None:
+        config: VmConfig = data.draw(vm_configs(self.bug, self.private_mem), label="config")
+        layout: tuple[SlotSpec, ...] = data.draw(memslot_layouts(config.private_mem), label="slots")
+        self.driver = Driver(config, layout)
+        note(f"config {config}")
+        note("slots " + ", ".join(f"{s}" for s in layout))
+        if self.stats is not None:
+            self.stats.examples += 1
+
+    @property
+    def d(self) -> Driver:
+        assert self.driver is not None
+        return self.driver
+
+    def _idle(self, kind: str) -> bool:
+        return self.driver is not None and bool(self.d.idle_actors(kind))
+
+    def _actor(self, data: st.DataObject, kind: str) -> str:
+        names = [a.name for a in self.d.idle_actors(kind)]
+        return data.draw(st.sampled_from(names), label="actor")
+
+    # -- what is interesting now ------------------------------------------------------------
+    def _hot_gfns(self) -> list[int]:
+        vm = self.d.vm
+        pts: set[int] = set()
+        four = vm.arch.geo.pages(2)
+        for slots in vm.memslots:
+            for s in slots.ordered():
+                pts.update((s.base_gfn, s.base_gfn + s.npages - 1, s.base_gfn + s.npages))
+                pts.update(range(-(-s.base_gfn // four) * four, s.base_gfn + s.npages, four * 4))
+        for step in self.d.steps[-12:]:
+            args = dict(step.args)
+            for key in ("gfn", "start"):
+                if isinstance(args.get(key), int):
+                    pts.add(args[key])
+            if isinstance(args.get("hva"), int):
+                for slots in vm.memslots:
+                    for s in slots.ordered():
+                        g = s.hva_to_gfn(0x40000 + args["hva"])
+                        if g in s.gfns:
+                            pts.add(g)
+        return sorted(p for p in pts if 0 <= p < vm.arch.geo.max_gfn)
+
+    def _gfn(self, data: st.DataObject) -> int:
+        hi = self.d.vm.arch.geo.max_gfn
+        if self.plain:
+            return data.draw(st.integers(0, hi - 1), label="gfn")
+        return int(data.draw(near(self._hot_gfns(), 0, min(hi, 160)), label="gfn"))
+
+    def _hva(self, data: st.DataObject) -> int:
+        """An hva offset (pages from HVA_BASE), biased to the slots' backing."""
+        hi = self.d.vm.arch.geo.max_gfn
+        if self.plain:
+            return data.draw(st.integers(0, hi - 1), label="hva")
+        pts = []
+        for slots in self.d.vm.memslots:
+            for s in slots.ordered():
+                g = data.draw(near(self._hot_gfns(), 0, hi), label="near")
+                if g in s.gfns:
+                    pts.append(s.gfn_to_hva(g) - 0x40000)
+        return int(data.draw(near(pts, 0, hi), label="hva"))
+
+    # -- rules: start operations -------------------------------------------------------------
+    @precondition(lambda self: self._idle("vcpu"))
+    @rule(data=st.data())
+    def start_access(self, data: st.DataObject) -> None:
+        actor = self._actor(data, "vcpu")
+        gfn = self._gfn(data)
+        write = data.draw(st.booleans(), label="write")
+        private = self.d.vm.config.private_mem and data.draw(st.booleans(), label="private")
+        self._start("access", actor, gfn=gfn, write=write, private=private)
+
+    @precondition(lambda self: self._idle("mm"))
+    @rule(data=st.data())
+    def start_host_op(self, data: st.DataObject) -> None:
+        actor = self._actor(data, "mm")
+        op = data.draw(st.sampled_from(["dontneed", "munmap", "mmap", "mprotect", "migrate",
+                                        "thp_split", "thp_collapse", "age", "host_write"]),
+                       label="op")
+        hva = self._hva(data)
+        if op in ("dontneed", "munmap", "mmap", "mprotect", "age"):
+            npages = data.draw(st.integers(1, 8), label="npages")
+            args: dict[str, Any] = {"hva": hva, "npages": npages}
+            if op == "mprotect":
+                args["writable"] = data.draw(st.booleans(), label="writable")
+        else:
+            args = {"hva": hva}
+        self._start(op, actor, **args)
+
+    @precondition(lambda self: self._idle("vmm"))
+    @rule(data=st.data())
+    def start_memslot(self, data: st.DataObject) -> None:
+        actor = self._actor(data, "vmm")
+        vm = self.d.vm
+        slots = vm.memslots[0].ordered()
+        kind = data.draw(st.sampled_from(["delete", "move", "log", "create"]), label="kind")
+        gmem_offset = -1
+        if kind != "create" and slots:
+            s = data.draw(st.sampled_from(slots), label="slot")
+            slot, gfn, npages, hva = s.id, s.base_gfn, s.npages, s.userspace_addr - 0x40000
+            flags = s.flags & ~(1 << 16)
+            if s.has_gmem:
+                gmem_offset = s.gmem_pgoff
+            if kind == "delete":
+                npages = 0
+            elif kind == "move":
+                gfn = data.draw(near([gfn + 4, gfn - 4, gfn + 16], 0, 200), label="to")
+            else:
+                flags ^= KVM_MEM_LOG_DIRTY_PAGES
+        else:
+            used = {s.id for s in slots}
+            slot = data.draw(st.sampled_from([i for i in range(4) if i not in used] or [0]),
+                             label="slot")
+            gfn = data.draw(near([100, 112, 128, 144], 0, 200), label="gfn")
+            npages = data.draw(st.integers(1, 24), label="npages")
+            hva = data.draw(near([gfn, 160, gfn + 1], 0, 232), label="hva")
+            flags = data.draw(st.sampled_from([0, 0, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY]),
+                              label="flags")
+        self._start("memslot", actor, slot=slot, as_id=0, flags=flags, gfn=gfn, npages=npages,
+                    hva=hva, gmem_offset=gmem_offset)
+
+    @precondition(lambda self: self._idle("vmm") and self.d.vm.config.private_mem)
+    @rule(data=st.data())
+    def start_set_attributes(self, data: st.DataObject) -> None:
+        actor = self._actor(data, "vmm")
+        start = self._gfn(data)
+        n = data.draw(st.integers(1, 9), label="npages")
+        self._start("set_attributes", actor, start=start, end=start + n,
+                    private=data.draw(st.booleans(), label="private"))
+
+    @precondition(lambda self: self._idle("vmm") and self.d.vm.config.private_mem)
+    @rule(data=st.data())
+    def start_punch_hole(self, data: st.DataObject) -> None:
+        actor = self._actor(data, "vmm")
+        start = self._gfn(data)
+        n = data.draw(st.integers(1, 8), label="npages")
+        self._start("punch_hole", actor, start=start, end=start + n)
+
+    @precondition(lambda self: self._idle("vmm"))
+    @rule(data=st.data())
+    def start_get_dirty_log(self, data: st.DataObject) -> None:
+        actor = self._actor(data, "vmm")
+        slot = data.draw(st.integers(0, 3), label="slot")
+        self._start("get_dirty_log", actor, slot=slot)
+
+    def _start(self, op: str, actor: str, **args: Any) -> None:
+        self.d.start(op, actor, **args)
+        note(str(self.d.steps[-1]))
+        if self.stats is not None:
+            self.stats.starts[op] = self.stats.starts.get(op, 0) + 1
+
+    # -- rule: advance the schedule -----------------------------------------------------------
+    @precondition(lambda self: self.driver is not None and not self.d.vm.sched.quiescent())
+    @rule(pick=st.integers(0, 3))
+    def run(self, pick: int) -> None:
+        t = self.d.run(pick)
+        note(f"  {t.actor} {t.op} → {t.reached}")
+        self._account(t.reached)
+
+    def _account(self, reached: str) -> None:
+        events = self.d.drain_events()
+        for e in events:
+            event(e)
+        if self.stats is not None:
+            self.stats.steps += 1
+            self.stats.points[reached] = self.stats.points.get(reached, 0) + 1
+            for e in events:
+                self.stats.events[e] = self.stats.events.get(e, 0) + 1
+
+    @invariant()
+    def no_pending_warning(self) -> None:
+        """Invariants run inside the driver after every step; this only keeps Hypothesis honest."""
+
+    def teardown(self) -> None:
+        if self.driver is None:
+            return
+        before = len(self.d.steps)
+        self.d.finish()
+        if self.stats is not None:
+            self.stats.steps += len(self.d.steps) - before
+
+
+def make_machine(bug: str | None = None, *, plain: bool = False, stats: Stats | None = None,
+                 private_mem: bool | None = None) -> type[KvmMachine]:
+    """A machine class for ``bug`` (None: the correct model)."""
+    name = f"KvmMachine_{bug or 'correct'}{'_plain' if plain else ''}"
+    return type(name, (KvmMachine,), {"bug": bug, "plain": plain, "stats": stats,
+                                      "private_mem": private_mem})
