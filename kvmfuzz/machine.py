@@ -33,6 +33,11 @@ class Stats:
     points: dict[str, int] = attrs.field(factory=dict)
 
 
+HOST_OPS = ("dontneed", "munmap", "mmap", "mprotect", "migrate", "thp_split", "thp_collapse",
+            "age", "host_write")
+FAMILIES = ("host", "memslot", "attributes", "punch_hole", "dirty_log")
+
+
 class KvmMachine(RuleBasedStateMachine):
     bug: str | None = None
     plain: bool = False
@@ -42,6 +47,8 @@ class KvmMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.driver: Driver | None = None
+        self.families: frozenset[str] = frozenset()
+        self.host_ops: tuple[str, ...] = ()
 
     # -- setup ----------------------------------------------------------------------------
     @initialize(data=st.data())
@@ -49,6 +56,14 @@ class KvmMachine(RuleBasedStateMachine):
         config: VmConfig = data.draw(vm_configs(self.bug, self.private_mem), label="config")
         layout: tuple[SlotSpec, ...] = data.draw(memslot_layouts(config.private_mem), label="slots")
         self.driver = Driver(config, layout)
+        if self.plain:
+            self.families, self.host_ops = frozenset(FAMILIES), HOST_OPS
+        else:
+            # Swarm testing: each example runs a drawn subset of the operation families.
+            self.families = frozenset(data.draw(
+                st.sets(st.sampled_from(FAMILIES), min_size=1), label="families"))
+            self.host_ops = tuple(sorted(data.draw(
+                st.sets(st.sampled_from(HOST_OPS), min_size=1), label="host_ops")))
         note(f"config {config}")
         note("slots " + ", ".join(f"{s}" for s in layout))
         if self.stats is not None:
@@ -59,8 +74,10 @@ class KvmMachine(RuleBasedStateMachine):
         assert self.driver is not None
         return self.driver
 
-    def _idle(self, kind: str) -> bool:
-        return self.driver is not None and bool(self.d.idle_actors(kind))
+    def _idle(self, kind: str, family: str | None = None) -> bool:
+        if self.driver is None or (family is not None and family not in self.families):
+            return False
+        return bool(self.d.idle_actors(kind))
 
     def _actor(self, data: st.DataObject, kind: str) -> str:
         names = [a.name for a in self.d.idle_actors(kind)]
@@ -117,13 +134,11 @@ class KvmMachine(RuleBasedStateMachine):
         private = self.d.vm.config.private_mem and data.draw(st.booleans(), label="private")
         self._start("access", actor, gfn=gfn, write=write, private=private)
 
-    @precondition(lambda self: self._idle("mm"))
+    @precondition(lambda self: self._idle("mm", "host"))
     @rule(data=st.data())
     def start_host_op(self, data: st.DataObject) -> None:
         actor = self._actor(data, "mm")
-        op = data.draw(st.sampled_from(["dontneed", "munmap", "mmap", "mprotect", "migrate",
-                                        "thp_split", "thp_collapse", "age", "host_write"]),
-                       label="op")
+        op = data.draw(st.sampled_from(self.host_ops), label="op")
         hva = self._hva(data)
         if op in ("dontneed", "munmap", "mmap", "mprotect", "age"):
             npages = data.draw(st.integers(1, 8), label="npages")
@@ -134,7 +149,7 @@ class KvmMachine(RuleBasedStateMachine):
             args = {"hva": hva}
         self._start(op, actor, **args)
 
-    @precondition(lambda self: self._idle("vmm"))
+    @precondition(lambda self: self._idle("vmm", "memslot"))
     @rule(data=st.data())
     def start_memslot(self, data: st.DataObject) -> None:
         actor = self._actor(data, "vmm")
@@ -166,7 +181,7 @@ class KvmMachine(RuleBasedStateMachine):
         self._start("memslot", actor, slot=slot, as_id=0, flags=flags, gfn=gfn, npages=npages,
                     hva=hva, gmem_offset=gmem_offset)
 
-    @precondition(lambda self: self._idle("vmm") and self.d.vm.config.private_mem)
+    @precondition(lambda self: self._idle("vmm", "attributes") and self.d.vm.config.private_mem)
     @rule(data=st.data())
     def start_set_attributes(self, data: st.DataObject) -> None:
         actor = self._actor(data, "vmm")
@@ -175,7 +190,7 @@ class KvmMachine(RuleBasedStateMachine):
         self._start("set_attributes", actor, start=start, end=start + n,
                     private=data.draw(st.booleans(), label="private"))
 
-    @precondition(lambda self: self._idle("vmm") and self.d.vm.config.private_mem)
+    @precondition(lambda self: self._idle("vmm", "punch_hole") and self.d.vm.config.private_mem)
     @rule(data=st.data())
     def start_punch_hole(self, data: st.DataObject) -> None:
         actor = self._actor(data, "vmm")
@@ -183,7 +198,7 @@ class KvmMachine(RuleBasedStateMachine):
         n = data.draw(st.integers(1, 8), label="npages")
         self._start("punch_hole", actor, start=start, end=start + n)
 
-    @precondition(lambda self: self._idle("vmm"))
+    @precondition(lambda self: self._idle("vmm", "dirty_log"))
     @rule(data=st.data())
     def start_get_dirty_log(self, data: st.DataObject) -> None:
         actor = self._actor(data, "vmm")
@@ -198,11 +213,18 @@ class KvmMachine(RuleBasedStateMachine):
 
     # -- rule: advance the schedule -----------------------------------------------------------
     @precondition(lambda self: self.driver is not None and not self.d.vm.sched.quiescent())
-    @rule(pick=st.integers(0, 3))
-    def run(self, pick: int) -> None:
-        t = self.d.run(pick)
-        note(f"  {t.actor} {t.op} → {t.reached}")
-        self._account(t.reached)
+    @rule(pick=st.integers(0, 3), steps=st.integers(1, 12))
+    def run(self, pick: int, steps: int) -> None:
+        """Switch to the actor ``pick`` selects (0 = the last one) and run it for up to
+        ``steps`` atomic steps, stopping early when it blocks or finishes."""
+        sched = self.d.vm.sched
+        actor = sched.choose(pick)
+        for _ in range(steps):
+            t = self.d.run_actor(actor.name)
+            note(f"  {t.actor} {t.op} → {t.reached}")
+            self._account(t.reached)
+            if not sched.is_runnable(actor):
+                break
 
     def _account(self, reached: str) -> None:
         events = self.d.drain_events()

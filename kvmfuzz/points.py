@@ -13,6 +13,7 @@ class Point(enum.Enum):
 
     ATTR_STORE = "KVM_SET_MEMORY_ATTRIBUTES: before storing one gfn's attribute (no mmu_lock)"
     DIRTY_LOG_BEFORE_FLUSH = "KVM_GET_DIRTY_LOG: mmu_lock dropped, the slot's TLB flush not yet done"
+    FAULT_BEFORE_MMU_LOCK = "fault: pfn resolved and pre-checked, about to take mmu_lock for read"
     FAULT_GMEM_GET_PFN = "fault: before kvm_gmem_get_pfn() (private)"
     FAULT_GUP = "fault: before hva_to_pfn() (GUP may sleep; the host races here)"
     FAULT_PFN_RESOLVED = "fault: pfn resolved, mmu_lock not yet taken (the candidate pfn may go stale)"

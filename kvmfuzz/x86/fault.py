@@ -126,6 +126,7 @@ def kvm_tdp_mmu_page_fault(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -
     if r != RET_PF_CONTINUE:
         return r
     r = RET_PF_RETRY
+    yield from preempt(Point.FAULT_BEFORE_MMU_LOCK)  # F6i ⇄: pre-checked, lock not yet taken
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
     fault.stage = "locked"
     if vm.bug("skip_is_page_fault_stale") or not is_page_fault_stale(vm, vcpu, actor, fault):
