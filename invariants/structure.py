@@ -34,6 +34,21 @@ class NotIdle(ProtocolViolation):
     title = "I12-quiescent-idle"
 
 
+_RESERVED: dict[tuple[S.SpteMasks, object, int, int], str | None] = {}
+
+
+def _reserved(m: S.SpteMasks, geo: object, spte: int, level: int) -> str | None:
+    """reserved_bits_violation(), memoised: it is a pure function of its arguments."""
+    key = (m, geo, spte, level)
+    try:
+        return _RESERVED[key]
+    except KeyError:
+        if len(_RESERVED) > 200_000:
+            _RESERVED.clear()
+        why = _RESERVED[key] = S.reserved_bits_violation(m, spte, level, geo)  # type: ignore[arg-type]
+        return why
+
+
 def check_spte_format(vm: Vm) -> None:
     m, geo = vm.arch.masks, vm.arch.geo
     seen: set[int] = set()
@@ -47,7 +62,7 @@ def check_spte_format(vm: Vm) -> None:
                 raise SpteFormat(f"FROZEN SPTE reachable at gfn {gfn:#x} in {sp.describe()}")
             if not S.is_shadow_present_pte(spte):
                 continue
-            why = S.reserved_bits_violation(m, spte, sp.level, geo)
+            why = _reserved(m, geo, spte, sp.level)
             if why is not None:
                 raise SpteFormat(f"gfn {gfn:#x} L{sp.level} {S.format_spte(m, spte, sp.level)}: {why}")
             if S.is_last_spte(spte, sp.level):

@@ -21,6 +21,7 @@ from kvmfuzz.config import VmConfig
 from kvmfuzz.errors import InvalidArgument
 from kvmfuzz.host.mm import Mm
 from kvmfuzz.host.pages import PageAllocator
+from kvmfuzz.points import Point
 from kvmfuzz.sched.scheduler import Actor, Scheduler, TraceStep
 from kvmfuzz.sched.traps import Op
 from kvmfuzz.units import HvaRange
@@ -36,6 +37,7 @@ from kvmfuzz.x86.vcpu import Vcpu, kvm_vcpu_access
 
 HVA_BASE = 0x40000  # the VMM's guest-memory mapping starts here (hva page number)
 NR_MM_ACTORS = 2
+TEARDOWN_SWITCH_AT = frozenset({Point.VCPU_REENTER})
 NR_VMM_ACTORS = 2
 
 
@@ -247,14 +249,16 @@ class Driver:
         return t
 
     def finish(self, max_steps: int = 20_000) -> None:
-        """Teardown: run every actor to completion (round robin), checking as we go."""
+        """Teardown: run every actor to completion with as few switches as possible (the last
+        actor keeps running; switch when it blocks, ends, or re-enters the guest after a
+        handled fault), checking as we go."""
         sched = self.vm.sched
         for _ in range(max_steps):
             if sched.quiescent():
                 if self.check:
                     self._check_quiescent(self.vm)
                 return
-            self._record(sched.step_actor(sched.next_round_robin()))
+            self._record(sched.step_actor(sched.next_for_teardown(TEARDOWN_SWITCH_AT)))
         from kvmfuzz.errors import NoProgress
         raise NoProgress("teardown did not reach quiescence in "
                          f"{max_steps} steps: " + "; ".join(a.where() for a in sched.busy()),

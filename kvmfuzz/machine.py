@@ -18,7 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from kvmfuzz.config import VmConfig
 from kvmfuzz.driver import Driver, SlotSpec
-from kvmfuzz.strategies import memslot_layouts, near, vm_configs
+from kvmfuzz.points import Point
+from kvmfuzz.strategies import draw_near, memslot_layouts, vm_configs
 from kvmfuzz.virt.kvm import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 
 
@@ -32,6 +33,14 @@ class Stats:
     events: dict[str, int] = attrs.field(factory=dict)
     points: dict[str, int] = attrs.field(factory=dict)
 
+
+# The ⇄ points of the reference where protocol races live: a run can go "to the next window".
+WINDOW_POINTS = frozenset(p.name for p in (
+    Point.FAULT_SEQ_SNAPSHOT, Point.FAULT_GUP, Point.FAULT_PFN_RESOLVED,
+    Point.FAULT_BEFORE_MMU_LOCK, Point.FAULT_GMEM_GET_PFN, Point.TDP_MAP_STEP_DOWN,
+    Point.MN_START_COUNTED, Point.HOST_PTE_CHANGE, Point.MN_END_BEFORE_COUNT,
+    Point.SYNCHRONIZE_SRCU, Point.SWAP_WAIT_MN_ACTIVE, Point.ATTR_STORE, Point.GMEM_TRUNCATE,
+    Point.DIRTY_LOG_BEFORE_FLUSH, Point.TDP_MMU_YIELD))
 
 HOST_OPS = ("dontneed", "munmap", "mmap", "mprotect", "migrate", "thp_split", "thp_collapse",
             "age", "host_write")
@@ -80,8 +89,14 @@ class KvmMachine(RuleBasedStateMachine):
         return bool(self.d.idle_actors(kind))
 
     def _actor(self, data: st.DataObject, kind: str) -> str:
-        names = [a.name for a in self.d.idle_actors(kind)]
-        return data.draw(st.sampled_from(names), label="actor")
+        """An idle actor of ``kind``, chosen by its position among *all* actors of that kind
+        (stable when Hypothesis deletes other steps), moving on to the next idle one."""
+        actors = [a for a in self.d.vm.sched.actors if a.kind == kind]
+        i = data.draw(st.integers(0, len(actors) - 1), label=kind)
+        for a in actors[i:] + actors[:i]:
+            if not a.busy:
+                return a.name
+        raise AssertionError("precondition guarantees an idle actor")
 
     # -- what is interesting now ------------------------------------------------------------
     def _hot_gfns(self) -> list[int]:
@@ -109,7 +124,7 @@ class KvmMachine(RuleBasedStateMachine):
         hi = self.d.vm.arch.geo.max_gfn
         if self.plain:
             return data.draw(st.integers(0, hi - 1), label="gfn")
-        return int(data.draw(near(self._hot_gfns(), 0, min(hi, 160)), label="gfn"))
+        return draw_near(data, self._hot_gfns(), 0, min(hi, 160), "gfn")
 
     def _hva(self, data: st.DataObject) -> int:
         """An hva offset (pages from HVA_BASE), biased to the slots' backing."""
@@ -117,12 +132,12 @@ class KvmMachine(RuleBasedStateMachine):
         if self.plain:
             return data.draw(st.integers(0, hi - 1), label="hva")
         pts = []
-        for slots in self.d.vm.memslots:
-            for s in slots.ordered():
-                g = data.draw(near(self._hot_gfns(), 0, hi), label="near")
-                if g in s.gfns:
-                    pts.append(s.gfn_to_hva(g) - 0x40000)
-        return int(data.draw(near(pts, 0, hi), label="hva"))
+        for g in self._hot_gfns():
+            for slots in self.d.vm.memslots:
+                slot = slots.search(g)
+                if slot is not None:
+                    pts.append(slot.gfn_to_hva(g) - 0x40000)
+        return draw_near(data, pts, 0, hi, "hva")
 
     # -- rules: start operations -------------------------------------------------------------
     @precondition(lambda self: self._idle("vcpu"))
@@ -166,16 +181,16 @@ class KvmMachine(RuleBasedStateMachine):
             if kind == "delete":
                 npages = 0
             elif kind == "move":
-                gfn = data.draw(near([gfn + 4, gfn - 4, gfn + 16], 0, 200), label="to")
+                gfn = draw_near(data, [gfn + 4, gfn - 4, gfn + 16], 0, 200, "to")
             else:
                 flags ^= KVM_MEM_LOG_DIRTY_PAGES
         else:
             used = {s.id for s in slots}
             slot = data.draw(st.sampled_from([i for i in range(4) if i not in used] or [0]),
                              label="slot")
-            gfn = data.draw(near([100, 112, 128, 144], 0, 200), label="gfn")
+            gfn = draw_near(data, [100, 112, 128, 144], 0, 200, "gfn")
             npages = data.draw(st.integers(1, 24), label="npages")
-            hva = data.draw(near([gfn, 160, gfn + 1], 0, 232), label="hva")
+            hva = draw_near(data, [gfn, 160, gfn + 1], 0, 232, "hva")
             flags = data.draw(st.sampled_from([0, 0, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY]),
                               label="flags")
         self._start("memslot", actor, slot=slot, as_id=0, flags=flags, gfn=gfn, npages=npages,
@@ -213,17 +228,32 @@ class KvmMachine(RuleBasedStateMachine):
 
     # -- rule: advance the schedule -----------------------------------------------------------
     @precondition(lambda self: self.driver is not None and not self.d.vm.sched.quiescent())
-    @rule(pick=st.integers(0, 3), steps=st.integers(1, 12))
-    def run(self, pick: int, steps: int) -> None:
-        """Switch to the actor ``pick`` selects (0 = the last one) and run it for up to
-        ``steps`` atomic steps, stopping early when it blocks or finishes."""
+    @rule(pick=st.integers(0, 7), steps=st.integers(1, 12), to_window=st.booleans())
+    def run(self, pick: int, steps: int, to_window: bool) -> None:
+        """Run one actor for up to ``steps`` atomic steps (stopping when it blocks or ends), or,
+        with ``to_window``, until it stops at a race-window point (``WINDOW_POINTS``).
+
+        ``pick`` 0: the actor that ran last keeps running (no context switch); ``pick`` k: the
+        k-th actor in stable order (vcpu0.., mm0, mm1, vmm0, vmm1), or the next runnable one
+        after it. Naming actors by position in the fixed list keeps a step's meaning when
+        Hypothesis deletes other steps while shrinking.
+        """
         sched = self.d.vm.sched
-        actor = sched.choose(pick)
-        for _ in range(steps):
+        ready = [a for a in sched.actors if sched.is_runnable(a)]
+        if not ready:
+            sched.raise_deadlock()
+        if pick == 0 and sched.last is not None and sched.last in ready:
+            actor = sched.last
+        else:
+            start = (pick - 1) % len(sched.actors) if pick else 0
+            actor = next((a for a in ready if a.order >= start), ready[0])
+        if self.plain:
+            to_window = False
+        for _ in range(64 if to_window else steps):
             t = self.d.run_actor(actor.name)
             note(f"  {t.actor} {t.op} → {t.reached}")
             self._account(t.reached)
-            if not sched.is_runnable(actor):
+            if not sched.is_runnable(actor) or (to_window and t.reached in WINDOW_POINTS):
                 break
 
     def _account(self, reached: str) -> None:

@@ -47,8 +47,25 @@ def memslot_layouts(private_mem: bool) -> st.SearchStrategy[tuple[SlotSpec, ...]
     return st.sampled_from(_GMEM_LAYOUTS if private_mem else _LAYOUTS)
 
 
+_OFFSETS = st.integers(-1, 1)
+_BIAS = st.integers(0, 3)
+
+
+def draw_near(data: st.DataObject, points: list[int], lo: int, hi: int, label: str) -> int:
+    """An integer at or next to one of ``points`` (3 times in 4), else anywhere in [lo, hi).
+
+    Drawn as (choice, index, offset) with fixed strategies, which is cheap and shrinks toward
+    the first point exactly.
+    """
+    points = [p for p in points if lo <= p < hi]
+    if points and data.draw(_BIAS, label=f"{label}-biased"):
+        p = points[data.draw(st.integers(0, len(points) - 1), label=f"{label}-near")]
+        return min(hi - 1, max(lo, p + data.draw(_OFFSETS, label=f"{label}-offset")))
+    return data.draw(st.integers(lo, hi - 1), label=label)
+
+
 def near(points: list[int], lo: int, hi: int) -> st.SearchStrategy[int]:
-    """An integer at or next to one of ``points`` (clamped to [lo, hi)), else anywhere."""
+    """A strategy version of ``draw_near`` (for use outside rules)."""
     points = [p for p in points if lo <= p < hi]
     if not points:
         return st.integers(lo, hi - 1)

@@ -16,6 +16,7 @@ description of every blocked actor (a cycle through lock holders, or a sleeper n
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -195,6 +196,16 @@ class Scheduler:
         after = self.last.order if self.last is not None else -1
         later = [a for a in ready if a.order > after]
         return later[0] if later else ready[0]
+
+    def next_for_teardown(self, switch_at: frozenset[enum.Enum]) -> Actor:
+        """Teardown's choice: keep the last actor running (no switch) unless it cannot run or
+        has stopped at one of ``switch_at`` (e.g. a vCPU re-entering after a handled fault, which
+        may be spinning on a retry); then the next runnable actor in stable order."""
+        last = self.last
+        if (last is not None and self.is_runnable(last)
+                and not (isinstance(last.pending, Preempt) and last.pending.point in switch_at)):
+            return last
+        return self.next_round_robin()
 
     def run_to_completion(self, max_steps: int = 100_000) -> None:
         """Run every busy actor to the end, round robin (so a retrying fault cannot starve
