@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kvmfuzz.virt.kvm import Vm
 
-from . import bookkeeping, mapping, structure
+from . import bookkeeping, mapping, structure, x86
 from .walk import present_leaves
 
 STEP_INVARIANTS: tuple[str, ...] = (
@@ -21,6 +21,10 @@ STEP_INVARIANTS: tuple[str, ...] = (
     "I1-no-mapping-in-closed-range", "I2-host-consistency", "I5-no-mapping-of-dead-slot",
     "I6-private-shared-source", "I8-huge-eligibility", "I10-freed-pfn-mapped",
     "I7-dirty-writable-unlogged", "I11-guest-data-coherence",
+    # x86 MMU (invariants/x86.py)
+    "I20-pt-page-freed-early", "I19-obsolete-root", "I21-writable-trio", "I21-access-track-bits",
+    "I15-mmio-generation", "D1-huge-in-logged-slot", "D5-harvest-lost-write",
+    "I22-flush-before-release",
 )
 QUIESCENT_INVARIANTS: tuple[str, ...] = ("I12-quiescent-idle", "I10-pin-leak")
 
@@ -33,6 +37,8 @@ def check_step(vm: Vm) -> None:
     bookkeeping.check_swap_while_invalidating(vm)
     bookkeeping.check_srcu_readers(vm)
     structure.check_spte_format(vm)
+    x86.check_pt_freed_early(vm)
+    x86.check_obsolete_roots(vm)
     leaves = present_leaves(vm)
     mapping.check_freed_pfn_mapped(vm, leaves)
     mapping.check_no_mapping_in_closed_range(vm, leaves)
@@ -41,6 +47,12 @@ def check_step(vm: Vm) -> None:
     mapping.check_private_shared_source(vm, leaves)
     mapping.check_huge_eligibility(vm, leaves)
     structure.check_dirty_logging(vm, leaves)
+    x86.check_writable_trio(vm, leaves)
+    x86.check_access_track_bits(vm, leaves)
+    x86.check_mmio_generation(vm)
+    x86.check_huge_in_logged_slot(vm, leaves)
+    x86.check_harvest_lost_write(vm)
+    x86.check_flush_before_release(vm)
     mapping.check_guest_data_coherence(vm)
 
 

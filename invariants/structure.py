@@ -3,9 +3,9 @@
 | name | checks |
 |---|---|
 | I9-spte-format | present SPTEs have no reserved bits; non-leaves point at live tables of the next level that name this entry as parent; no table is reachable twice; no FROZEN SPTE is reachable; the root list holds only live roots |
-| I7-dirty-writable-unlogged | a writable 4K leaf (or TLB entry) in a dirty-logged slot whose gfn's bit is clear (no lost dirty page) |
+| I7-dirty-writable-unlogged | a writable 4K leaf (or TLB entry) in a dirty-logged slot whose gfn's bit is clear (no lost dirty page); exempt: the enable or a GET/CLEAR in flight, a fast page fault between its cmpxchg and its mark_page_dirty_in_slot |
 | I10-pin-leak | at quiescence a page's refcount equals its mappings (every fault's pin was released) |
-| I12-quiescent-idle | at quiescence every counter, lock and window is back to idle |
+| I12-quiescent-idle | at quiescence every counter, lock, window and RCU read-side section is back to idle |
 """
 
 from __future__ import annotations
@@ -82,12 +82,14 @@ def check_spte_format(vm: Vm) -> None:
 
 
 def check_dirty_logging(vm: Vm, leaves: list[Leaf]) -> None:
+    pending = vm.arch.ghost.pending_marks
     for leaf in leaves:
         if leaf.level != 1 or not S.is_writable_pte(leaf.spte) or leaf.source is None:
             continue
         slot = active_slot(vm, leaf.root.as_id, leaf.gfn)
         if (slot is None or not slot.logging or slot.serial != leaf.source.slot_serial
-                or slot.serial in vm.ghost.dirty_enable_in_flight):
+                or slot.serial in vm.ghost.dirty_enable_in_flight
+                or slot.serial in vm.ghost.get_in_flight or (slot.serial, leaf.gfn) in pending):
             continue
         if not dirty_bit(slot, leaf.gfn):
             raise DirtyNotLogged(f"{leaf.describe(vm)} is writable in dirty-logged "
@@ -100,7 +102,7 @@ def check_dirty_logging(vm: Vm, leaves: list[Leaf]) -> None:
             slot = active_slot(vm, vcpu.as_id, e.gfn)
             if (slot is None or not slot.logging or slot.serial != e.source.slot_serial
                     or slot.serial in vm.ghost.dirty_enable_in_flight
-                    or slot.serial in vm.ghost.get_in_flight):
+                    or slot.serial in vm.ghost.get_in_flight or (slot.serial, e.gfn) in pending):
                 continue
             if not dirty_bit(slot, e.gfn):
                 raise DirtyNotLogged(f"{vcpu.name} TLB holds a writable entry for gfn "
@@ -139,6 +141,10 @@ def check_quiescent_idle(vm: Vm) -> None:
         problems.append(f"{len(vm.ghost.windows)} invalidation windows open")
     if vm.srcu.readers:
         problems.append(f"{len(vm.srcu.readers)} SRCU readers")
+    if vm.arch.rcu.readers:
+        problems.append("RCU readers " + ", ".join(sorted(vm.arch.rcu.readers)))
+    if vm.arch.rcu.callbacks:
+        problems.append(f"{len(vm.arch.rcu.callbacks)} RCU callbacks not run with no reader left")
     for lock in (vm.slots_lock, vm.slots_arch_lock, vm.mn_invalidate_lock):
         if lock.owner is not None:
             problems.append(f"{lock.name} held by {lock.owner.name}")

@@ -50,6 +50,45 @@ CATALOGUE: tuple[PlantedBug, ...] = (
                "the fault does not release its page reference (kvm_release_faultin_page)",
                "'KVM: x86/mmu: Put refcounted pages instead of blindly releasing pfns' series (6.13)",
                "I10-pin-leak"),
+    # -- x86 MMU (issue 3) --
+    PlantedBug("fast_pf_without_cmpxchg",
+               "fast_page_fault() installs the fixed SPTE with a plain store instead of cmpxchg, so "
+               "a zap (or any change) made since its lockless read is overwritten",
+               "the cmpxchg of fast_pf_fix_direct_spte() since the lockless fast page fault ('KVM: "
+               "MMU: fast path of handling guest page fault', X. Guangrong, 3.6) and its rule in "
+               "locking.rst (every SPTE change fast PF must not undo is a cmpxchg/xchg)",
+               "I1-no-mapping-in-closed-range / I2-host-consistency / I10-freed-pfn-mapped / "
+               "I11-guest-data-coherence / I5-no-mapping-of-dead-slot"),
+    PlantedBug("dirty_log_enable_skips_wrprot",
+               "enabling dirty logging splits huge pages and flushes, but does not write-protect "
+               "the slot's SPTEs: pages already writable are written without being logged",
+               "a plausible omission of kvm_mmu_slot_remove_write_access() in "
+               "kvm_mmu_slot_apply_flags() (the flush kept after it is b64d740ea7dd, 'Always flush "
+               "TLBs when enabling dirty logging')",
+               "I7-dirty-writable-unlogged / D1-huge-in-logged-slot / D5-harvest-lost-write"),
+    PlantedBug("recovery_ignores_invalidation",
+               "huge-page recovery builds the huge SPTE from a present child, yields mmu_lock, and "
+               "installs it after re-taking the lock, ignoring the invalidation that zapped the "
+               "children (and let the host change the pages) meanwhile",
+               "the -EAGAIN of tdp_mmu_make_huge_spte() before building (13e2e4f62a4b, 6.13 'Recover "
+               "TDP MMU huge page mappings in-place') and host_pfn_mapping_level()'s rule: hold "
+               "mmu_lock and know no invalidation is in progress for the hva",
+               "I1-no-mapping-in-closed-range / I2-host-consistency / I10-freed-pfn-mapped / "
+               "I11-guest-data-coherence / I8-huge-eligibility"),
+    PlantedBug("zap_all_fast_forgets_invalidate",
+               "kvm_mmu_zap_all_fast() toggles mmu_valid_gen and requests a reload but does not mark "
+               "the TDP MMU roots invalid: vCPUs keep their roots and faults install into roots "
+               "that should be obsolete (and nothing is zapped)",
+               "kvm_tdp_mmu_invalidate_roots() in kvm_mmu_zap_all_fast() ('KVM: x86/mmu: Add TDP "
+               "MMU support for fast zapping of all SPTEs' b7cccd397f31, and 'Zap invalidated "
+               "roots ... before returning' 4c6654bd160d)",
+               "I19-obsolete-root / I5-no-mapping-of-dead-slot"),
+    PlantedBug("mmio_spte_without_generation",
+               "a memslot change does not bump the generation the MMU stamps into MMIO SPTEs and "
+               "the MMIO-info cache (and never wraps): a gfn that gets a slot keeps emulating MMIO",
+               "MMIO SPTE generations ('KVM: MMU: fast invalidate all mmio sptes' f8f559422b6c, "
+               "3.11; 'KVM: Explicitly define the memslot update-in-progress bit', 5.1)",
+               "I15-mmio-generation"),
     PlantedBug("calib_no_unsafe_prechecks",
                "calibration: drop the lockless mmu_invalidate_retry_gfn_unsafe() pre-checks",
                "safe: they are only an optimisation before the locked check", "(none)", True),

@@ -7,18 +7,21 @@ recorded as a ``Step`` (resolved names, no Hypothesis draws), which is what a co
 Operations (``OPS``): ``access`` (vCPU), host mm ``dontneed`` / ``munmap`` / ``mmap`` /
 ``mprotect`` / ``migrate`` / ``thp_split`` / ``thp_collapse`` / ``age`` / ``host_write``, VMM
 ioctls ``memslot`` (KVM_SET_USER_MEMORY_REGION2), ``set_attributes``, ``punch_hole``,
-``get_dirty_log``.
+``get_dirty_log``; x86: host ``clear_young`` / ``test_young`` (lockless aging), VMM
+``clear_dirty_log`` (KVM_CLEAR_DIRTY_LOG), ``enable_manual_protect``
+(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), kernel-internal ``zap_gfn_range`` (kvm_zap_gfn_range).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 
 from kvmfuzz.config import VmConfig
-from kvmfuzz.errors import InvalidArgument
+from kvmfuzz.errors import InvalidArgument, ProtocolViolation
 from kvmfuzz.host.mm import Mm
 from kvmfuzz.host.pages import PageAllocator
 from kvmfuzz.points import Point
@@ -26,18 +29,24 @@ from kvmfuzz.sched.scheduler import Actor, Scheduler, TraceStep
 from kvmfuzz.sched.traps import Op
 from kvmfuzz.units import HvaRange
 from kvmfuzz.virt.attributes import kvm_vm_set_mem_attributes
-from kvmfuzz.virt.dirty import kvm_get_dirty_log_protect
+from kvmfuzz.virt.dirty import (
+    kvm_clear_dirty_log_protect,
+    kvm_enable_manual_dirty_log_protect,
+    kvm_get_dirty_log_protect,
+)
 from kvmfuzz.virt.guest_memfd import GmemFile, kvm_gmem_punch_hole
 from kvmfuzz.virt.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, KvmMemslots, Vm
 from kvmfuzz.virt.memslots import UserspaceMemoryRegion, kvm_set_memory_region
 from kvmfuzz.virt.notifier import KvmMmuNotifier
 from kvmfuzz.x86 import spte as S
-from kvmfuzz.x86.mmu import KvmArch
+from kvmfuzz.x86.mmu import KvmArch, kvm_zap_gfn_range
 from kvmfuzz.x86.vcpu import Vcpu, kvm_vcpu_access
 
 HVA_BASE = 0x40000  # the VMM's guest-memory mapping starts here (hva page number)
 NR_MM_ACTORS = 2
-TEARDOWN_SWITCH_AT = frozenset({Point.VCPU_REENTER})
+# Teardown switches actors here: a vCPU re-entering after a handled fault (it may be retrying
+# on an open window), and a TDP walk that dropped mmu_lock because someone is waiting for it.
+TEARDOWN_SWITCH_AT = frozenset({Point.VCPU_REENTER, Point.TDP_MMU_YIELD})
 NR_VMM_ACTORS = 2
 
 
@@ -88,7 +97,7 @@ class Step:
 
 # op name -> (actor kind, argument names)
 OPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "access": ("vcpu", ("gfn", "write", "private")),
+    "access": ("vcpu", ("gfn", "write", "private", "exec")),
     "dontneed": ("mm", ("hva", "npages")),
     "munmap": ("mm", ("hva", "npages")),
     "mmap": ("mm", ("hva", "npages")),
@@ -102,7 +111,16 @@ OPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "set_attributes": ("vmm", ("start", "end", "private")),
     "punch_hole": ("vmm", ("start", "end")),
     "get_dirty_log": ("vmm", ("slot",)),
+    "clear_young": ("mm", ("hva", "npages")),
+    "test_young": ("mm", ("hva", "npages")),
+    "zap_gfn_range": ("vmm", ("start", "end")),
+    "clear_dirty_log": ("vmm", ("slot", "first", "num", "mask")),
+    "enable_manual_protect": ("vmm", ("initially_set",)),
 }
+
+
+# Arguments added after the first corpus files: absent means this default.
+OPTIONAL_ARGS: dict[str, dict[str, Any]] = {"access": {"exec": False}}
 
 
 def build_vm(config: VmConfig) -> Vm:
@@ -131,8 +149,31 @@ def build_vm(config: VmConfig) -> Vm:
     return vm
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _notes_failure(method: Callable[Concatenate[Driver, _P], _R]) -> Callable[Concatenate[Driver, _P], _R]:
+    """Keep the first ProtocolViolation a stepping method raises (``Driver.failure``) and the
+    schedule up to it (``Driver.failed_steps``), before teardown runs on past it."""
+
+    @functools.wraps(method)
+    def wrapper(self: Driver, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except ProtocolViolation as exc:
+            self._note_failure(exc)
+            raise
+    return wrapper
+
+
 class Driver:
-    """Runs one schedule on one VM, checking invariants after every step."""
+    """Runs one schedule on one VM, checking invariants after every step.
+
+    ``failure`` / ``failed_steps``: the first violation raised and the steps up to it; when it
+    was raised inside a step (by the operation itself), the last step is a "run" without
+    ``reached``.
+    """
 
     def __init__(self, config: VmConfig, slots: tuple[SlotSpec, ...] = (),
                  check: bool = True) -> None:
@@ -147,6 +188,9 @@ class Driver:
         self._check_quiescent: Callable[[Vm], None] = check_quiescent
         for spec in slots:
             self._setup_slot(spec)
+        self.failure: ProtocolViolation | None = None
+        self.failed_steps: tuple[Step, ...] = ()
+        self._attempts0 = self.vm.sched.steps  # scheduler steps attempted during setup
 
     # -- setup ----------------------------------------------------------------------------
     def _setup_slot(self, spec: SlotSpec) -> None:
@@ -176,6 +220,8 @@ class Driver:
         actor = self.vm.sched.actor(actor_name)
         if actor.kind != kind:
             raise InvalidArgument(f"{op} runs on a {kind} actor, not {actor_name}")
+        for name, default in OPTIONAL_ARGS.get(op, {}).items():
+            args.setdefault(name, default)
         missing = [n for n in names if n not in args]
         extra = sorted(set(args) - set(names))
         if missing or extra:
@@ -195,7 +241,7 @@ class Driver:
         if op == "access":
             vcpu = next(v for v in vm.vcpus if v.actor is actor)
             private = a["private"] if vm.config.private_mem else None
-            return kvm_vcpu_access(vm, vcpu, a["gfn"], a["write"], False, private)
+            return kvm_vcpu_access(vm, vcpu, a["gfn"], a["write"], a["exec"], private)
         if op in ("dontneed", "munmap", "mprotect", "age", "mmap"):
             rng = HvaRange(HVA_BASE + a["hva"], HVA_BASE + a["hva"] + a["npages"])
             if op == "mprotect":
@@ -227,16 +273,29 @@ class Driver:
             return kvm_gmem_punch_hole(vm, actor, 0, a["start"], a["end"])
         if op == "get_dirty_log":
             return kvm_get_dirty_log_protect(vm, actor, 0, a["slot"])
+        if op in ("clear_young", "test_young"):
+            rng = HvaRange(HVA_BASE + a["hva"], HVA_BASE + a["hva"] + a["npages"])
+            return mm.age(actor, rng, False) if op == "clear_young" else _test_young(mm, actor, rng)
+        if op == "zap_gfn_range":
+            return kvm_zap_gfn_range(vm, actor, a["start"], a["end"])
+        if op == "clear_dirty_log":
+            words = [a["mask"] >> (64 * i) & ((1 << 64) - 1) for i in range((a["num"] + 63) // 64)]
+            return kvm_clear_dirty_log_protect(vm, actor, 0, a["slot"], a["first"], a["num"], words)
+        if op == "enable_manual_protect":
+            initially_set = a["initially_set"]
+            return _atomic(lambda: kvm_enable_manual_dirty_log_protect(vm, initially_set))
         raise InvalidArgument(op)
 
     # -- stepping -------------------------------------------------------------------------
     def runnable(self) -> list[Actor]:
         return self.vm.sched.runnable()
 
+    @_notes_failure
     def run(self, pick: int = 0) -> TraceStep:
         """One scheduler step chosen by ``pick`` (0 = the last actor keeps running)."""
         return self._record(self.vm.sched.step(pick))
 
+    @_notes_failure
     def run_actor(self, name: str) -> TraceStep:
         return self._record(self.vm.sched.step_actor(self.vm.sched.actor(name)))
 
@@ -248,6 +307,7 @@ class Driver:
                 self._check_quiescent(self.vm)
         return t
 
+    @_notes_failure
     def finish(self, max_steps: int = 20_000) -> None:
         """Teardown: run every actor to completion with as few switches as possible (the last
         actor keeps running; switch when it blocks, ends, or re-enters the guest after a
@@ -264,9 +324,27 @@ class Driver:
                          f"{max_steps} steps: " + "; ".join(a.where() for a in sched.busy()),
                          title="I12-fault-progress")
 
+    def _note_failure(self, exc: ProtocolViolation) -> None:
+        if self.failure is not None:
+            return
+        self.failure = exc
+        steps = list(self.steps)
+        sched = self.vm.sched
+        if sched.steps - self._attempts0 > len(sched.trace) and sched.last is not None:
+            steps.append(Step("run", sched.last.name))  # raised inside this step
+        self.failed_steps = tuple(steps)
+
     def drain_events(self) -> list[str]:
         events, self.vm.ghost.events[:] = list(self.vm.ghost.events), []
         return events
+
+
+def _test_young(mm: Mm, actor: Actor, rng: HvaRange) -> Op[bool]:
+    """mmu_notifier_test_young() (folio_referenced() without clearing)."""
+    young = False
+    for mn in mm.notifiers:
+        young |= yield from mn.test_young(actor, rng)
+    return young
 
 
 def _atomic(fn: Callable[[], Any]) -> Op[Any]:

@@ -40,11 +40,14 @@ WINDOW_POINTS = frozenset(p.name for p in (
     Point.FAULT_BEFORE_MMU_LOCK, Point.FAULT_GMEM_GET_PFN, Point.TDP_MAP_STEP_DOWN,
     Point.MN_START_COUNTED, Point.HOST_PTE_CHANGE, Point.MN_END_BEFORE_COUNT,
     Point.SYNCHRONIZE_SRCU, Point.SWAP_WAIT_MN_ACTIVE, Point.ATTR_STORE, Point.GMEM_TRUNCATE,
-    Point.DIRTY_LOG_BEFORE_FLUSH, Point.TDP_MMU_YIELD))
+    Point.DIRTY_LOG_BEFORE_FLUSH, Point.TDP_MMU_YIELD,
+    # x86 (fast page fault, aging, dirty logging, huge pages)
+    Point.FAST_PF_CMPXCHG, Point.FAST_PF_MARK_DIRTY, Point.AGE_SPTE, Point.TDP_RECOVER_HUGE,
+    Point.TDP_SPLIT_ALLOC, Point.DIRTY_LOG_ENABLE_WRPROT, Point.CLEAR_DIRTY_LOG_BEFORE_FLUSH))
 
 HOST_OPS = ("dontneed", "munmap", "mmap", "mprotect", "migrate", "thp_split", "thp_collapse",
             "age", "host_write")
-FAMILIES = ("host", "memslot", "attributes", "punch_hole", "dirty_log")
+FAMILIES = ("host", "memslot", "attributes", "punch_hole", "dirty_log", "zap_gfn_range")
 
 
 class KvmMachine(RuleBasedStateMachine):
@@ -147,7 +150,8 @@ class KvmMachine(RuleBasedStateMachine):
         gfn = self._gfn(data)
         write = data.draw(st.booleans(), label="write")
         private = self.d.vm.config.private_mem and data.draw(st.booleans(), label="private")
-        self._start("access", actor, gfn=gfn, write=write, private=private)
+        exec_ = not write and data.draw(st.integers(0, 7), label="exec") == 7  # 1 fetch in 8 reads
+        self._start("access", actor, gfn=gfn, write=write, private=private, exec=exec_)
 
     @precondition(lambda self: self._idle("mm", "host"))
     @rule(data=st.data())
@@ -219,6 +223,61 @@ class KvmMachine(RuleBasedStateMachine):
         actor = self._actor(data, "vmm")
         slot = data.draw(st.integers(0, 3), label="slot")
         self._start("get_dirty_log", actor, slot=slot)
+
+    @precondition(lambda self: self._idle("mm", "host") and "age" in self.host_ops)
+    @rule(data=st.data())
+    def start_young(self, data: st.DataObject) -> None:
+        """mmu_notifier_clear_young / test_young (lockless TDP MMU aging)."""
+        actor = self._actor(data, "mm")
+        op = data.draw(st.sampled_from(["clear_young", "test_young"]), label="op")
+        hva = self._hva(data)
+        self._start(op, actor, hva=hva, npages=data.draw(st.integers(1, 8), label="npages"))
+
+    @precondition(lambda self: self._idle("vmm", "zap_gfn_range"))
+    @rule(data=st.data())
+    def start_zap_gfn_range(self, data: st.DataObject) -> None:
+        """kvm_zap_gfn_range() (MTRR / CR0.CD / APICv inhibit), here started by a VMM thread."""
+        actor = self._actor(data, "vmm")
+        start = self._gfn(data)
+        n = data.draw(st.integers(1, 16), label="npages")
+        self._start("zap_gfn_range", actor, start=start, end=start + n)
+
+    @precondition(lambda self: self._idle("vmm", "dirty_log"))
+    @rule(data=st.data())
+    def start_clear_dirty_log(self, data: st.DataObject) -> None:
+        """KVM_CLEAR_DIRTY_LOG of a slot's whole range or a drawn subset of it."""
+        actor = self._actor(data, "vmm")
+        slots = self.d.vm.memslots[0].ordered()
+        if slots and data.draw(st.booleans(), label="existing"):
+            s = data.draw(st.sampled_from(slots), label="slot")
+            slot, num = s.id, s.npages
+        else:
+            slot, num = data.draw(st.integers(0, 3), label="slot"), 64
+        all_ones = (1 << min(num, 64)) - 1
+        mask = data.draw(st.one_of(st.just(all_ones), st.integers(0, all_ones)), label="mask")
+        self._start("clear_dirty_log", actor, slot=slot, first=0, num=num, mask=mask)
+
+    @precondition(lambda self: self._idle("vmm", "dirty_log") and bool(self.d.vm.memslots[0].slots))
+    @rule(data=st.data())
+    def start_toggle_dirty_logging(self, data: st.DataObject) -> None:
+        """A migration's dirty-logging cycle: KVM_SET_USER_MEMORY_REGION2 toggling
+        KVM_MEM_LOG_DIRTY_PAGES on an existing slot (enable: split + write-protect; disable:
+        huge-page recovery)."""
+        actor = self._actor(data, "vmm")
+        s = data.draw(st.sampled_from(self.d.vm.memslots[0].ordered()), label="slot")
+        self._start("memslot", actor, slot=s.id, as_id=0,
+                    flags=(s.flags & ~(1 << 16)) ^ KVM_MEM_LOG_DIRTY_PAGES, gfn=s.base_gfn,
+                    npages=s.npages, hva=s.userspace_addr - 0x40000,
+                    gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
+
+    @precondition(lambda self: self._idle("vmm", "dirty_log")
+                  and not self.d.vm.config.manual_protect)
+    @rule(data=st.data())
+    def start_enable_manual_protect(self, data: st.DataObject) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), with or without INITIALLY_SET."""
+        actor = self._actor(data, "vmm")
+        self._start("enable_manual_protect", actor,
+                    initially_set=data.draw(st.booleans(), label="initially_set"))
 
     def _start(self, op: str, actor: str, **args: Any) -> None:
         self.d.start(op, actor, **args)

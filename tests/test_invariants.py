@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import attrs
 import pytest
-from kvmfuzz.invariants import bookkeeping, mapping, structure
+from kvmfuzz.invariants import bookkeeping, mapping, structure, x86
 from kvmfuzz.invariants.walk import Leaf, present_leaves
 
 from kvmfuzz import invariants
@@ -1023,6 +1023,344 @@ def bad_slot_left_invalid() -> State:
     d.start("access", "vcpu0", gfn=5, write=False, private=False)
     return State(d, ("vcpu0: fault on gfn 0x5 retried 4 times", "last reason invalid-slot"),
                  trigger=lambda: run_op(d, "vcpu0"))
+
+
+# -- x86 MMU invariants (invariants/x86.py) -------------------------------------------------------
+
+CHECKS.update({
+    "I15-mmio-generation": (vm_check(x86.check_mmio_generation), x86.MmioGenerationStale),
+    "I19-obsolete-root": (vm_check(x86.check_obsolete_roots), x86.ObsoleteRootUsed),
+    "I20-pt-page-freed-early": (vm_check(x86.check_pt_freed_early), x86.PageTableFreedEarly),
+    "I21-writable-trio": (leaves_check(x86.check_writable_trio), x86.WritableTrio),
+    "I21-access-track-bits": (leaves_check(x86.check_access_track_bits), x86.AccessTrackBits),
+    "I22-flush-before-release": (vm_check(x86.check_flush_before_release), x86.FlushNotDone),
+    "D1-huge-in-logged-slot": (leaves_check(x86.check_huge_in_logged_slot), x86.HugeInLoggedSlot),
+    "D5-harvest-lost-write": (vm_check(x86.check_harvest_lost_write), x86.HarvestLostWrite),
+})
+
+
+def run_to_end(d: Driver, actor: str) -> Any:
+    """Run ``actor`` alone until its operation returns (blocked steps are errors)."""
+    return run_op(d, actor)
+
+
+def mmio_state() -> State:
+    """SLOT0 [0, 16); vcpu0 reads gfn 0x20 (no slot): an MMIO SPTE is installed, the access
+    emulates, and vcpu0's MMIO-info cache remembers gfn 0x20."""
+    d = Driver(VmConfig(), (SLOT0,))
+    d.start("access", "vcpu0", gfn=0x20, write=False, private=False)
+    result = run_op(d, "vcpu0")
+    assert isinstance(result, AccessResult) and result.outcome == "mmio", result
+    d.start("access", "vcpu0", gfn=0x20, write=False, private=False)  # the RSVD path: cached
+    assert run_op(d, "vcpu0").outcome == "mmio"
+    vcpu = d.vm.vcpus[0]
+    assert vcpu.mmio_gfn == 0x20 and vcpu.mmio_gen == d.vm.memslots[0].generation
+    return State(d)
+
+
+def mmio_then_slot_state() -> State:
+    """mmio_state + a slot created over gfn 0x20: the MMIO SPTE and the cache are stale (the
+    generation moved), and the next access maps memory."""
+    s = mmio_state()
+    memslot(s.d, "vmm0", SlotSpec(2, 0x20, 4, 0x20))
+    assert run_op(s.d, "vmm0") == 0
+    leaf = s.vm.vcpus[0].walk_leaf(0x20)
+    assert S.is_mmio_spte(s.vm.arch.masks, leaf[0])
+    s.info["mmio"] = leaf
+    return s
+
+
+def _zap_all_fast_op(vm: Vm, actor_name: str) -> Any:
+    from kvmfuzz.sched.traps import mutex_lock
+    from kvmfuzz.x86.mmu import kvm_mmu_zap_all_fast
+    actor = vm.sched.actor(actor_name)
+
+    def op() -> Any:
+        yield from mutex_lock(vm.slots_lock, actor, Point.SLOTS_LOCK)
+        yield from kvm_mmu_zap_all_fast(vm, actor)
+        vm.slots_lock.release(actor)
+    return op()
+
+
+def zapped_root_state() -> State:
+    """vcpu0 maps gfn 0x15 (slot 1), then slot 1 is deleted (SLOT_ZAP_ALL: zap_all_fast): the old
+    root is invalid and empty, vcpu0 still holds it with a FREE_OBSOLETE_ROOTS request pending."""
+    d = Driver(VmConfig(), (SLOT0, SLOT1))
+    access(d, "vcpu0", 0x15, write=True)
+    root = d.vm.vcpus[0].root
+    memslot(d, "vmm0", SLOT1, delete=True)
+    assert run_op(d, "vmm0") == 0
+    assert root is not None and root.role_invalid and not root.freed
+    assert d.vm.vcpus[0].root is root and root.id in d.vm.arch.ghost.must_be_obsolete
+    return State(d, info={"root": root})
+
+
+def fast_pf_reader_state() -> State:
+    """A/D bits off: vcpu0 maps gfn 5 (2M leaf at 4), aging makes it access-tracked (no flush:
+    vcpu0's TLB still has it), vcpu1's read faults and its fast page fault stops between reading
+    the SPTE and the cmpxchg (an RCU reader). vmm1 then runs kvm_mmu_zap_all_fast(): the root is
+    invalidated and zapped, its tables removed -- and, because vcpu1's RCU section predates the
+    removal, not yet freed."""
+    d = Driver(VmConfig(ad_bits=False), (SLOT0,))
+    access(d, "vcpu0", 5)
+    d.start("age", "mm0", hva=4, npages=4)
+    run_op(d, "mm0")
+    assert S.is_access_track_spte(d.vm.arch.masks, leaf_at(d.vm, 5).spte)
+    d.start("access", "vcpu1", gfn=5, write=False, private=False)
+    run_until(d, "vcpu1", Point.FAST_PF_CMPXCHG)
+    vm = d.vm
+    vm.sched.start(vm.sched.actor("vmm1"), "zap_all_fast", _zap_all_fast_op(vm, "vmm1"))
+    while vm.sched.actor("vmm1").busy:
+        d.run_actor("vmm1")
+    pending = [sp for sp in vm.arch.rcu.callbacks if not sp.root]
+    assert pending and not any(sp.freed for sp in pending)
+    return State(d, info={"pending": pending})
+
+
+def aged_state() -> State:
+    """A/D bits off: vcpu0 writes gfn 5, vcpu1 reads gfn 9 (2M leaves), then clear_young over
+    gfn [4, 8): the leaf at gfn 4 is access-tracked (saved R/X, RWX and A clear)."""
+    d = Driver(VmConfig(ad_bits=False), (SLOT0,))
+    access(d, "vcpu0", 5, write=True)
+    access(d, "vcpu1", 9)
+    d.start("clear_young", "mm0", hva=4, npages=4)
+    run_op(d, "mm0")
+    assert S.is_access_track_spte(d.vm.arch.masks, leaf_at(d.vm, 5).spte)
+    assert not S.is_access_track_spte(d.vm.arch.masks, leaf_at(d.vm, 9).spte)
+    return State(d)
+
+
+def fast_pf_restored_state() -> State:
+    """aged_state + vcpu0 writes gfn 6: the fast page fault restores the tracked leaf (and W)."""
+    s = aged_state()
+    access(s.d, "vcpu0", 6, write=True)
+    lf = leaf_at(s.vm, 6)
+    assert not S.is_access_track_spte(s.vm.arch.masks, lf.spte) and S.is_writable_pte(lf.spte)
+    return s
+
+
+def logging_enabled_state() -> State:
+    """shared_state (two 2M leaves) + KVM_MEM_LOG_DIRTY_PAGES enabled on slot 0: eager split,
+    write-protect (W only), flush."""
+    s = shared_state()
+    spec = SlotSpec(0, 0, 16, 0, flags=KVM_MEM_LOG_DIRTY_PAGES)
+    memslot(s.d, "vmm0", spec)
+    assert run_op(s.d, "vmm0") == 0
+    assert all(lf.level == 1 and not S.is_writable_pte(lf.spte) for lf in present_leaves(s.vm))
+    return s
+
+
+def logging_written_state() -> State:
+    """logging_enabled_state + vcpu0 writes gfn 5 (the fast page fault sets W, marks the bit)."""
+    s = logging_enabled_state()
+    access(s.d, "vcpu0", 5, write=True)
+    slot = s.vm.memslots[0].slots[0]
+    from kvmfuzz.virt.dirty import dirty_bit
+    assert dirty_bit(slot, 5) and 5 in s.vm.arch.ghost.written[slot.serial]
+    return s
+
+
+# I15
+good("I15-mmio-generation", mmio_state)
+good("I15-mmio-generation", mmio_then_slot_state)
+
+
+@bad("I15-mmio-generation")
+def bad_mmio_spte_current_generation() -> State:
+    s = mmio_then_slot_state()
+    _spte, _level, sp, idx = s.info["mmio"]
+    assert sp is not None
+    gen = s.vm.memslots[0].generation
+    sp.spt[idx] = S.make_mmio_spte(s.vm.arch.masks, 0x20, S.ACC_ALL, gen)  # stamped "now"
+    return State(s.d, ("gfn 0x20", "passes check_mmio_spte()"))
+
+
+@bad("I15-mmio-generation")
+def bad_mmio_cache_current_generation() -> State:
+    s = mmio_then_slot_state()
+    s.vm.vcpus[0].mmio_gen = s.vm.memslots[0].generation
+    return State(s.d, ("vcpu0's MMIO-info cache holds gfn 0x20",))
+
+
+# I19
+good("I19-obsolete-root", zapped_root_state)
+good("I19-obsolete-root", dead_root_tlb_state)
+
+
+@bad("I19-obsolete-root")
+def bad_root_still_valid_after_zap_all_fast() -> State:
+    s = zapped_root_state()
+    s.info["root"].role_invalid = False
+    return State(s.d, (f"root#{s.info['root'].id}", "is still valid after it returned"))
+
+
+@bad("I19-obsolete-root")
+def bad_mapping_in_zapped_root() -> State:
+    from kvmfuzz.x86.tdp_mmu import tdp_mmu_alloc_sp
+    s = zapped_root_state()
+    root = s.info["root"]
+    geo = s.vm.arch.geo
+    child = tdp_mmu_alloc_sp(s.vm, root.level - 1, geo.pages(root.level), root.as_id, root)
+    child.parent, child.published = (root, 1), True  # as if a fault had linked a table
+    root.spt[1] = S.make_nonleaf_spte(s.vm.arch.masks, child.pfn, False)
+    return State(s.d, (f"root#{root.id}", "still maps entry 1"))
+
+
+@bad("I19-obsolete-root")
+def bad_install_in_invalid_root() -> State:
+    """zapped_root_state, but vcpu0's reload request is lost and is_page_fault_stale() ignores
+    the obsolete root (the planted hook): vcpu0's next fault maps gfn 3 into the invalid root."""
+    s = zapped_root_state()
+    s.vm.vcpus[0].requests.clear()
+    s.vm.config = attrs.evolve(s.vm.config, bug="stale_check_ignores_obsolete_root")
+    s.d.check = False
+    access(s.d, "vcpu0", 3)
+    return State(s.d, ("installed", "for gfn 0x0", f"root#{s.info['root'].id}"))
+
+
+# I20
+good("I20-pt-page-freed-early", fast_pf_reader_state)
+good("I20-pt-page-freed-early", lambda: finished(fast_pf_reader_state()), "fast_pf_reader_finished")
+
+
+@bad("I20-pt-page-freed-early")
+def bad_table_freed_under_rcu_reader() -> State:
+    from kvmfuzz.x86.tdp_mmu import tdp_mmu_free_sp
+    s = fast_pf_reader_state()
+    sp = s.info["pending"][0]
+    s.vm.arch.rcu.callbacks.remove(sp)
+    tdp_mmu_free_sp(s.vm, sp)  # the grace period not over: vcpu1 may still cmpxchg into it
+    return State(s.d, (sp.describe(), "vcpu1 (entered at"))
+
+
+@bad("I20-pt-page-freed-early")
+def bad_root_freed_while_loaded() -> State:
+    s = shared_state()
+    root = s.vm.vcpus[0].root
+    assert root is not None
+    root.freed = True
+    return State(s.d, (f"root#{root.id}", "freed"))
+
+
+# I21-writable-trio
+good("I21-writable-trio", shared_state)
+good("I21-writable-trio", logging_enabled_state)
+good("I21-writable-trio", logging_written_state)
+
+
+@bad("I21-writable-trio", step_title="I2-host-consistency")
+def bad_writable_not_mmu_writable() -> State:
+    s = shared_state()
+    lf = leaf_at(s.vm, 5)
+    set_spte(lf, lf.spte & ~s.vm.arch.masks.mmu_writable_mask)
+    return State(s.d, ("gfn 0x4 L2", "Writable SPTE is not MMU-writable"))
+
+
+@bad("I21-writable-trio")
+def bad_mmu_writable_over_readonly_host() -> State:
+    s = logging_enabled_state()
+    lf = leaf_at(s.vm, 5)
+    assert S.is_mmu_writable_spte(s.vm.arch.masks, lf.spte) and not S.is_writable_pte(lf.spte)
+    s.vm.mm.prot[0x40005] = False  # mprotect behind KVM's back (no notifier)
+    return State(s.d, ("gfn 0x5 L1", "hva 0x40005 read-only"))
+
+
+# I21-access-track-bits
+good("I21-access-track-bits", aged_state)
+good("I21-access-track-bits", fast_pf_restored_state)
+good("I21-access-track-bits", shared_state)
+
+
+@bad("I21-access-track-bits")
+def bad_tracked_but_accessed() -> State:
+    s = aged_state()
+    lf = leaf_at(s.vm, 5)
+    set_spte(lf, lf.spte | s.vm.arch.masks.accessed_mask)
+    return State(s.d, ("gfn 0x4 L2", "access-tracked but Accessed"))
+
+
+@bad("I21-access-track-bits")
+def bad_saved_bits_on_present_leaf() -> State:
+    s = aged_state()
+    lf = leaf_at(s.vm, 9)
+    set_spte(lf, lf.spte | S.SHADOW_ACC_TRACK_SAVED_MASK)
+    return State(s.d, ("gfn 0x8 L2", "carries saved bits"))
+
+
+# I22
+good("I22-flush-before-release", mn_window_state)
+good("I22-flush-before-release", dontneed_done_state)
+good("I22-flush-before-release", logging_written_state)
+
+
+@bad("I22-flush-before-release", step_title="I1-no-mapping-in-closed-range")
+def bad_zap_without_flush_planted() -> State:
+    """Not a hand corruption: kvm_flush_remote_tlbs() is a no-op (planted hook)."""
+    d = Driver(VmConfig(bug="flush_remote_tlbs_noop"), (SLOT0,))
+    access(d, "vcpu0", 5, write=True)
+    d.check = False
+    d.start("dontneed", "mm0", hva=4, npages=4)
+    run_until(d, "mm0", Point.HOST_PTE_CHANGE)
+    return State(d, ("vcpu0 TLB still maps gfn 0x5", "zapped by mm0", "dropped mmu_lock"))
+
+
+# D1
+good("D1-huge-in-logged-slot", logging_enabled_state)
+good("D1-huge-in-logged-slot", dirty_log_state)
+
+
+@bad("D1-huge-in-logged-slot")
+def bad_enable_keeps_writable_huge_planted() -> State:
+    """Not a hand corruption: no eager split, and the enable skips write-protection."""
+    d = Driver(VmConfig(eager_split=False, bug="dirty_log_enable_skips_wrprot"), (SLOT0,))
+    access(d, "vcpu0", 5, write=True)
+    d.check = False
+    memslot(d, "vmm0", SlotSpec(0, 0, 16, 0, flags=KVM_MEM_LOG_DIRTY_PAGES))
+    assert run_op(d, "vmm0") == 0
+    return State(d, ("gfn 0x4 L2", "writable huge leaf"))
+
+
+@bad("D1-huge-in-logged-slot")
+def bad_huge_after_eager_split() -> State:
+    s = logging_enabled_state()
+    lf = leaf_at(s.vm, 9)  # 4K after the split: make its parent a (read-only) huge leaf again
+    parent = lf.sp.parent
+    assert parent is not None
+    psp, pidx = parent
+    huge = S.make_huge_spte(s.vm.arch.masks, s.vm.arch.geo, lf.spte, 2)
+    psp.spt[pidx] = huge
+    psp.src[pidx] = lf.source.offset(-(lf.gfn - 8)) if lf.source else None  # type: ignore[assignment]
+    return State(s.d, ("gfn 0x8 L2", "after the enable (with eager split) returned"))
+
+
+# D5
+good("D5-harvest-lost-write", logging_written_state)
+good("D5-harvest-lost-write", dirty_log_harvested_state)
+
+
+@bad("D5-harvest-lost-write", step_title="I7-dirty-writable-unlogged")
+def bad_written_bit_cleared() -> State:
+    s = logging_written_state()
+    bitmap = s.vm.memslots[0].slots[0].dirty_bitmap
+    assert bitmap is not None
+    bitmap[0] &= ~(1 << 5)  # the bit lost without a harvest
+    return State(s.d, ("the guest wrote gfn 0x5", "dirty bit is clear"))
+
+
+@bad("D5-harvest-lost-write", step_title="I7-dirty-writable-unlogged")
+def bad_harvest_reports_written_page_clean_planted() -> State:
+    """Not a hand corruption: GET harvests without write-protecting (planted hook), the guest
+    writes gfn 3 again through the still-writable SPTE, and the next GET reports it clean."""
+    d = Driver(VmConfig(bug="get_dirty_log_skips_protect"),
+               (SlotSpec(0, 0, 16, 0, flags=KVM_MEM_LOG_DIRTY_PAGES),))
+    access(d, "vcpu0", 3, write=True)
+    d.check = False  # I7 fires at once: the harvested page stays writable
+    d.start("get_dirty_log", "vmm0", slot=0)
+    assert run_op(d, "vmm0")[0] & (1 << 3)
+    access(d, "vcpu0", 3, write=True)
+    d.start("get_dirty_log", "vmm0", slot=0)
+    assert not run_op(d, "vmm0")[0] & (1 << 3)
+    return State(d, ("KVM_GET_DIRTY_LOG", "reported gfn 0x3 clean"))
 
 
 # -- the tests ----------------------------------------------------------------------------------

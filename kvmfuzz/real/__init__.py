@@ -7,5 +7,11 @@
 - ``harness`` / ``accessor`` / ``uapi`` / ``kmsg``: the VM, the CPL3 guest accessor (source in
   ``guest/accessor.S``), the ioctl and mm ABI, and the kernel log reader.
 
-Standard library only (plus attrs for values); nothing here imports hypothesis.
+- ``model_backend``: ``ModelBackend``, the same ops on the Python model (imports the model);
+  ``compare``: the per-op comparison rules; ``diffcase`` / ``diffreplay``: saved mismatches
+  (``kvmfuzz-diff/1``), replay and minimisation; ``diff``: the differential Hypothesis machine
+  (``python -m kvmfuzz real``).
+
+Standard library only (plus attrs for values) outside the model; only ``diff`` imports
+hypothesis.
 """

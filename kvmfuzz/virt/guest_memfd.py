@@ -64,7 +64,7 @@ def kvm_gmem_bind(vm: Vm, actor: Actor, slot: Memslot, fd: int, offset: int) -> 
     yield from mutex_lock(f.invalidate_lock, actor, Point.GMEM_INVALIDATE_LOCK)
     try:
         if any(offset <= i < offset + slot.npages for i in f.bindings):
-            return -errno.EEXIST
+            return -errno.EINVAL  # r is still -EINVAL at the xa_find() check
         for i in range(offset, offset + slot.npages):
             f.bindings[i] = slot
         slot.gmem_file, slot.gmem_pgoff = f, offset

@@ -93,6 +93,8 @@ def __kvm_set_memory_region(vm: Vm, actor: Actor, mem: UserspaceMemoryRegion) ->
     if old is None:
         change = KVM_MR_CREATE
     else:
+        if mem.flags & KVM_MEM_GUEST_MEMFD:
+            return -errno.EINVAL  # private memslots are immutable: they can only be deleted
         if (mem.userspace_addr != old.userspace_addr or mem.npages != old.npages
                 or (mem.flags ^ old.flags) & (KVM_MEM_READONLY | KVM_MEM_GUEST_MEMFD)):
             return -errno.EINVAL
@@ -102,8 +104,6 @@ def __kvm_set_memory_region(vm: Vm, actor: Actor, mem: UserspaceMemoryRegion) ->
             change = KVM_MR_FLAGS_ONLY
         else:
             return 0
-        if old.has_gmem:
-            return -errno.EINVAL  # guest_memfd slots are only created and deleted
     if change in (KVM_MR_CREATE, KVM_MR_MOVE):
         for other in slots.ordered():
             if other.id != mem.slot and other.gfns.overlaps(

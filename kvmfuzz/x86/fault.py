@@ -1,15 +1,18 @@
-"""The TDP page-fault path (arch/x86/kvm/mmu/mmu.c, tdp_mmu.c; reference §2.3, §2.5).
+"""The TDP page-fault path (arch/x86/kvm/mmu/mmu.c, tdp_mmu.c, x86.h; reference §2.3, §2.5).
 
-``kvm_mmu_page_fault`` -> (RSVD: ``handle_mmio_page_fault``) -> ``kvm_tdp_page_fault`` ->
-``kvm_tdp_mmu_page_fault``: ``kvm_mmu_faultin_pfn`` (snapshot ``mmu_invalidate_seq``, then every
-read it guards: attributes, slot, host page tables / guest_memfd; unsafe pre-checks), then
-``mmu_lock`` for read, ``is_page_fault_stale``, ``kvm_tdp_mmu_map`` (hugepage adjust, walk,
-link / split, ``tdp_mmu_map_handle_target_level``), then ``kvm_mmu_finish_page_fault``
-(release the page reference).
+``kvm_mmu_page_fault`` -> (RSVD: ``handle_mmio_page_fault``: the vCPU MMIO-info cache, then the
+MMIO SPTE and its generation) -> ``kvm_tdp_mmu_page_fault``: ``fast_page_fault`` (x86/fast_pf.py),
+``kvm_mmu_faultin_pfn`` (snapshot ``mmu_invalidate_seq``, then every read it guards:
+attributes, slot, host page tables / guest_memfd; unsafe pre-checks), then ``mmu_lock`` for
+read, ``is_page_fault_stale``, ``kvm_tdp_mmu_map`` under RCU (hugepage adjust, walk, link /
+split, ``tdp_mmu_map_handle_target_level``), then ``kvm_mmu_finish_page_fault`` (release the
+page reference).
 
-Every ⇄ of the reference is a preemption point. Left out: fast_page_fault (issue: x86 core),
-async page faults (GUP never needs I/O), write-tracking (RET_PF_WRITE_PROTECTED), NX huge
-pages, the vCPU MMIO-info cache.
+Every ⇄ of the reference is a preemption point. MMIO SPTEs and the MMIO cache use the memslot
+generation as the MMU reads it (``memslots_generation``). Ghost: each MMIO SPTE records the full
+generation it was stamped with (I15); a mapping installed in an invalid root is recorded (I19).
+Left out: async page faults (GUP never needs I/O), write-tracking (RET_PF_WRITE_PROTECTED is
+never returned), NX huge pages, the page-track hook (F3), the APIC-access page (F6e).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from kvmfuzz.virt.kvm import Memslot
 from kvmfuzz.virt.notifier import mmu_invalidate_retry_gfn, mmu_invalidate_retry_gfn_unsafe
 from kvmfuzz.x86 import spte as S
 from kvmfuzz.x86.tdp_mmu import (
+    KvmMmuPage,
     Source,
     TdpIter,
     for_each_tdp_pte,
@@ -96,15 +100,37 @@ def kvm_mmu_page_fault(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op
     return (yield from kvm_tdp_mmu_page_fault(vm, vcpu, actor, fault))
 
 
+def vcpu_cache_mmio_info(vm: Vm, vcpu: Vcpu, gfn: int, access: int) -> None:
+    """vcpu_cache_mmio_info(): remember "gfn is MMIO" with kvm_memslots(kvm)->generation, unless
+    a memslot update is in progress (the generation is about to change)."""
+    from kvmfuzz.x86.mmu import memslots_generation, mmio_generation_stable
+    gen = memslots_generation(vm, 0)  # kvm_memslots(): address space 0
+    if not mmio_generation_stable(gen):
+        return
+    vcpu.mmio_gfn, vcpu.mmio_access, vcpu.mmio_gen = gfn, access, gen
+
+
+def mmio_info_in_cache(vm: Vm, vcpu: Vcpu, gfn: int) -> bool:
+    """mmio_info_in_cache() -> vcpu_match_mmio_gpa(): same generation and gfn (gfn 0: never)."""
+    from kvmfuzz.x86.mmu import memslots_generation
+    return (vcpu.mmio_gen == memslots_generation(vm, 0) and vcpu.mmio_gfn != 0
+            and vcpu.mmio_gfn == gfn)
+
+
 def handle_mmio_page_fault(vm: Vm, vcpu: Vcpu, fault: PageFault) -> int:
-    """handle_mmio_page_fault(): a current-generation MMIO SPTE emulates; a stale one doesn't."""
-    spte = vcpu.walk_leaf(fault.gfn)[0]
+    """handle_mmio_page_fault(): the MMIO cache or a current-generation MMIO SPTE emulates."""
+    if mmio_info_in_cache(vm, vcpu, fault.gfn):
+        fault.why = "mmio-cache"
+        vm.ghost.event("fault.mmio_cache_hit")
+        return RET_PF_EMULATE
+    spte = vcpu.walk_leaf(fault.gfn)[0]  # get_mmio_spte(): a lockless walk
     m = vm.arch.masks
     if S.is_mmio_spte(m, spte):
         if not check_mmio_spte(vm, vcpu, spte):
             fault.why = "mmio-gen-stale"
             vm.ghost.event("fault.mmio_gen_miss")
             return RET_PF_INVALID
+        vcpu_cache_mmio_info(vm, vcpu, S.get_mmio_spte_gfn(m, spte), S.get_mmio_spte_access(m, spte))
         fault.why = "mmio-spte"
         return RET_PF_EMULATE
     fault.why = "mmio-spte-zapped"
@@ -113,14 +139,24 @@ def handle_mmio_page_fault(vm: Vm, vcpu: Vcpu, fault: PageFault) -> int:
 
 def check_mmio_spte(vm: Vm, vcpu: Vcpu, spte: int) -> bool:
     """check_mmio_spte(): fails while an update is in progress or on a generation mismatch."""
-    gen = vm.memslots[vcpu.as_id].generation
-    if gen & (1 << 63):
+    from kvmfuzz.x86.mmu import memslots_generation
+    return check_mmio_spte_gen(vm, spte, memslots_generation(vm, vcpu.as_id))
+
+
+def check_mmio_spte_gen(vm: Vm, spte: int, gen: int) -> bool:
+    """check_mmio_spte() against the generation ``gen`` (with the model's MMIO generation width)."""
+    if gen & S.KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
         return False
     return (gen & vm.arch.mmio_gen_mask) == S.get_mmio_spte_generation(spte)
 
 
 def kvm_tdp_mmu_page_fault(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op[int]:
     """kvm_tdp_mmu_page_fault()."""
+    from kvmfuzz.x86.fast_pf import fast_page_fault
+    r = yield from fast_page_fault(vm, vcpu, actor, fault)
+    if r != RET_PF_INVALID:
+        return r
+    fault.stage = "slow"
     yield from preempt(Point.FAULT_TOPUP_CACHES)  # mmu_topup_memory_caches() may sleep
     r = yield from kvm_mmu_faultin_pfn(vm, vcpu, actor, fault)
     if r != RET_PF_CONTINUE:
@@ -204,6 +240,7 @@ def kvm_handle_noslot_fault(vm: Vm, vcpu: Vcpu, fault: PageFault) -> int:
     if fault.is_private:
         fault.why = "private-noslot"
         return -errno.EFAULT
+    vcpu_cache_mmio_info(vm, vcpu, fault.gfn, 0)  # access & shadow_mmio_access_mask (EPT: 0)
     fault.slot = None
     fault.pfn = KVM_PFN_NOSLOT
     fault.map_writable = False
@@ -276,6 +313,17 @@ def kvm_tdp_mmu_map(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op[in
     kvm_mmu_hugepage_adjust(vm, fault)
     root = vcpu.root
     assert root is not None
+    rcu = vm.arch.rcu
+    rcu.read_lock(actor)
+    try:
+        return (yield from _tdp_mmu_map_walk(vm, vcpu, actor, fault, root))
+    finally:
+        rcu.read_unlock(vm, actor)
+
+
+def _tdp_mmu_map_walk(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault,
+                      root: KvmMmuPage) -> Op[int]:
+    """The for_each_tdp_pte() loop of kvm_tdp_mmu_map() (under rcu_read_lock)."""
     geo = vm.arch.geo
     level = root.level
     sp = root
@@ -291,7 +339,7 @@ def kvm_tdp_mmu_map(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op[in
             sp = vm.arch.sp_by_pfn[S.spte_to_pfn(it.old_spte)]
             level -= 1
             continue
-        child = tdp_mmu_alloc_sp(vm, level - 1, it.gfn, root.as_id)
+        child = tdp_mmu_alloc_sp(vm, level - 1, it.gfn, root.as_id, root)
         if S.is_shadow_present_pte(it.old_spte):
             ok = tdp_mmu_split_huge_page(vm, it, child)
         else:
@@ -310,21 +358,18 @@ def kvm_tdp_mmu_map(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op[in
 def tdp_mmu_map_handle_target_level(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault,
                                     it: TdpIter) -> int:
     """tdp_mmu_map_handle_target_level(): build the SPTE, cmpxchg it in, flush if needed."""
+    from kvmfuzz.x86.mmu import memslots_generation, mmio_generation_stable
     m = vm.arch.masks
     ret = RET_PF_FIXED
     old = it.old_spte
-    if fault.prefetch and S.is_shadow_present_pte(old):
-        return RET_PF_SPURIOUS
     if (S.is_shadow_present_pte(old) and S.is_last_spte(old, it.level)
-            and S.is_access_allowed(m, old, write=fault.write, exec=fault.exec)):
+            and (fault.prefetch or S.is_access_allowed(m, old, write=fault.write, exec=fault.exec))):
         fault.why = "already-mapped"
         return RET_PF_SPURIOUS
     wrprot = False
+    full_gen = memslots_generation(vm, vcpu.as_id)  # kvm_vcpu_memslots(vcpu)->generation
     if fault.slot is None:
-        gen = vm.memslots[vcpu.as_id].generation & vm.arch.mmio_gen_mask
-        if vm.bug("mmio_spte_without_generation"):
-            gen = 0
-        new = S.make_mmio_spte(m, it.gfn, S.ACC_ALL, gen)
+        new = S.make_mmio_spte(m, it.gfn, S.ACC_ALL, full_gen & vm.arch.mmio_gen_mask)
     else:
         made = S.make_spte(m, level=it.level, gfn=it.gfn, pfn=fault.pfn, old_spte=old,
                            access=S.ACC_ALL, prefetch=fault.prefetch,
@@ -343,6 +388,13 @@ def tdp_mmu_map_handle_target_level(vm: Vm, vcpu: Vcpu, actor: Actor, fault: Pag
             return RET_PF_RETRY
         if fault.source is not None:
             sp.src[idx] = fault.source
+        if fault.slot is None:  # ghost (I15): the generation this MMIO SPTE was stamped with
+            stable = mmio_generation_stable(full_gen)
+            sp.mmio_gen[idx] = (full_gen & ~S.KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, not stable)
+        if sp.root_sp.role_invalid:  # ghost (I19)
+            vm.arch.ghost.invalid_root_installs.append(
+                f"{vcpu.name} installed {S.format_spte(m, new, it.level)} for gfn {it.gfn:#x} "
+                f"in {sp.root_sp.describe()}")
         vm.ghost.event("spte.install.mmio" if fault.slot is None else f"spte.install.L{it.level}")
         if S.is_shadow_present_pte(old) and (
                 not S.is_last_spte(old, it.level)

@@ -1,16 +1,19 @@
 """x86 MMU state and the arch hooks generic KVM calls (arch/x86/kvm/mmu/mmu.c, x86.c).
 
 ``KvmArch`` is the part of ``kvm->arch`` the protocol touches: the TDP MMU root list,
-``mmu_valid_gen``, the SPTE masks and the paging geometry. The hooks: ``kvm_unmap_gfn_range``,
-``kvm_arch_flush_shadow_memslot`` (``kvm_mmu_zap_all_fast`` with the SLOT_ZAP_ALL quirk, else
-``kvm_mmu_zap_memslot``), ``kvm_arch_memslots_updated`` (MMIO generation wrap),
-``kvm_arch_prepare/commit_memory_region`` (lpage_info and ``kvm_mmu_slot_apply_flags``),
-huge-page eligibility (``kvm_mmu_hugepage_adjust``, ``__kvm_mmu_max_mapping_level``,
+``mmu_valid_gen``, the SPTE masks, the paging geometry, RCU for page tables, and the x86 ghost.
+The hooks: ``kvm_unmap_gfn_range``, ``kvm_arch_flush_shadow_memslot`` (``kvm_mmu_zap_all_fast``
+with the SLOT_ZAP_ALL quirk, else ``kvm_mmu_zap_memslot``), ``kvm_arch_memslots_updated`` (MMIO
+generation wrap), ``kvm_arch_prepare/commit_memory_region`` (lpage_info and
+``kvm_mmu_slot_apply_flags``: eager split, write-protect and flush on dirty-log enable, huge-page
+recovery on disable), huge-page eligibility (``__kvm_mmu_max_mapping_level``,
 ``host_pfn_mapping_level``), the memory-attribute hooks (``kvm_arch_pre/post_set_memory_attributes``
-with MIXED tracking), and root management (``kvm_tdp_mmu_alloc_root``, ``kvm_mmu_free_obsolete_roots``).
+with MIXED tracking), ``kvm_zap_gfn_range`` (begin/end around a zap of every valid root), and
+root management (``kvm_tdp_mmu_alloc_root``, ``kvm_mmu_free_obsolete_roots``).
 
 Left out: the shadow MMU (rmaps, shadow pages, write-tracking; ``tdp_mmu=Y`` only), NX huge
-pages, PML, SEV/TDX, the MMU page quota.
+pages, PML (so dirty logging write-protects; ``cpu_dirty_log_size`` is 0), SEV/TDX, the MMU page
+quota, the vCPU's cache of previous roots.
 """
 
 from __future__ import annotations
@@ -20,19 +23,29 @@ from typing import TYPE_CHECKING
 import attrs
 
 from kvmfuzz.points import Point
-from kvmfuzz.sched.traps import Op, read_lock, write_lock
-from kvmfuzz.virt.kvm import KVM_LPAGE_MIXED_FLAG, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, Memslot
+from kvmfuzz.sched.traps import Op, preempt, read_lock, write_lock
+from kvmfuzz.virt.kvm import (
+    KVM_LPAGE_MIXED_FLAG,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEM_READONLY,
+    KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+    Memslot,
+)
 from kvmfuzz.x86 import spte as S
 from kvmfuzz.x86.geometry import Geometry
+from kvmfuzz.x86.ghost import X86Ghost
+from kvmfuzz.x86.rcu import Rcu
 from kvmfuzz.x86.tdp_mmu import (
     KvmMmuPage,
-    TdpIter,
-    for_each_tdp_pte,
+    TdpWalk,
+    kvm_tdp_mmu_get_root,
+    kvm_tdp_mmu_put_root,
+    kvm_tdp_mmu_try_split_huge_pages,
     kvm_tdp_mmu_unmap_gfn_range,
+    kvm_tdp_mmu_zap_leafs,
     tdp_mmu_alloc_sp,
-    tdp_mmu_free_sp,
+    tdp_mmu_roots,
     tdp_mmu_set_spte_atomic,
-    tdp_mmu_split_huge_page,
     tdp_mmu_zap_root,
 )
 from kvmfuzz.x86.tlb import kvm_flush_remote_tlbs, kvm_flush_remote_tlbs_range
@@ -59,6 +72,9 @@ class KvmArch:
     mmu_valid_gen: int = 0
     stats_remote_flushes: int = 0
     mmio_gen_mask: int = S.MMIO_SPTE_GEN_MASK
+    rcu: Rcu = attrs.field(factory=Rcu)
+    ghost: X86Ghost = attrs.field(factory=X86Ghost)
+    flush_at_return: bool = False  # ghost: inside dirty-log protection (flushed before return)
 
 
 # -- roots --------------------------------------------------------------------------------
@@ -66,27 +82,17 @@ class KvmArch:
 def kvm_tdp_mmu_alloc_root(vm: Vm, vcpu: Vcpu, actor: Actor) -> Op[KvmMmuPage]:
     """kvm_tdp_mmu_alloc_root(): reuse a valid root of the role, or make one (refcount 2)."""
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
-    root = next((r for r in vm.arch.roots
-                 if not r.role_invalid and not r.freed and r.as_id == vcpu.as_id), None)
-    if root is not None:
-        root.root_refcount += 1  # kvm_tdp_mmu_get_root()
-    else:
+    root = next((r for r in tdp_mmu_roots(vm, vcpu.as_id, True)
+                 if r.level == vm.arch.geo.root_level and kvm_tdp_mmu_get_root(r)), None)
+    if root is None:
         root = tdp_mmu_alloc_sp(vm, vm.arch.geo.root_level, 0, vcpu.as_id)
         root.root = True
         root.root_refcount = 2  # the vCPU's reference and the MMU's until invalidated
-        vm.arch.roots.append(root)
+        root.published = True
+        vm.arch.roots.append(root)  # list_add_rcu()
         vm.ghost.event("root.alloc")
     vm.mmu_lock.read_unlock(actor)
     return root
-
-
-def kvm_tdp_mmu_put_root(vm: Vm, root: KvmMmuPage) -> None:
-    """kvm_tdp_mmu_put_root(): drop a reference; the last one frees the (empty) root."""
-    root.root_refcount -= 1
-    if root.root_refcount == 0:
-        vm.arch.roots.remove(root)
-        tdp_mmu_free_sp(vm, root)
-        vm.ghost.event("root.freed")
 
 
 def is_obsolete_sp(vm: Vm, sp: KvmMmuPage) -> bool:
@@ -94,11 +100,15 @@ def is_obsolete_sp(vm: Vm, sp: KvmMmuPage) -> bool:
     return sp.role_invalid
 
 
-def kvm_mmu_free_obsolete_roots(vm: Vm, vcpu: Vcpu, actor: Actor) -> None:
-    """kvm_mmu_free_obsolete_roots(): put the vCPU's root if it is obsolete."""
-    if vcpu.root is not None and is_obsolete_sp(vm, vcpu.root):
-        kvm_tdp_mmu_put_root(vm, vcpu.root)
-        vcpu.root = None
+def kvm_mmu_free_obsolete_roots(vm: Vm, vcpu: Vcpu, actor: Actor) -> Op[None]:
+    """kvm_mmu_free_obsolete_roots() -> kvm_mmu_free_roots(): put the vCPU's root if it is
+    obsolete (TDP MMU: under mmu_lock for read)."""
+    if vcpu.root is None or not is_obsolete_sp(vm, vcpu.root):
+        return
+    yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
+    root, vcpu.root = vcpu.root, None
+    kvm_tdp_mmu_put_root(vm, root)
+    vm.mmu_lock.read_unlock(actor)
 
 
 def kvm_mmu_reload(vm: Vm, vcpu: Vcpu, actor: Actor) -> Op[None]:
@@ -130,23 +140,30 @@ def kvm_tdp_mmu_invalidate_roots(vm: Vm, actor: Actor) -> None:
 
 
 def kvm_tdp_mmu_zap_invalidated_roots(vm: Vm, actor: Actor) -> Op[None]:
-    """kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root under mmu_lock (R)."""
+    """kvm_tdp_mmu_zap_invalidated_roots(): zap each scheduled root under mmu_lock (R), then put
+    the MMU's reference (the root must stay reachable by notifiers while it is zapped)."""
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
-    for root in list(vm.arch.roots):
-        if not root.scheduled_root_to_zap or root.freed:
+    for root in tdp_mmu_roots(vm, -1, False):
+        if not kvm_tdp_mmu_get_root(root):  # the yield-safe iterator's reference
             continue
-        root.scheduled_root_to_zap = False
-        root.root_refcount += 1  # held across the zap and its yields
-        yield from tdp_mmu_zap_root(vm, actor, root, True)
-        kvm_tdp_mmu_put_root(vm, root)  # the walker's reference
-        kvm_tdp_mmu_put_root(vm, root)  # the MMU's reference, dropped after the zap
+        if root.scheduled_root_to_zap:
+            root.scheduled_root_to_zap = False
+            if not root.role_invalid:
+                vm.kvm_bug(f"scheduled {root.describe()} is valid")
+            yield from tdp_mmu_zap_root(vm, actor, root, True)
+            kvm_tdp_mmu_put_root(vm, root)  # the MMU's reference, dropped after the zap
+        kvm_tdp_mmu_put_root(vm, root)
     vm.mmu_lock.read_unlock(actor)
 
 
 def kvm_mmu_zap_all_fast(vm: Vm, actor: Actor) -> Op[None]:
-    """kvm_mmu_zap_all_fast(): obsolete every root, make vCPUs reload, zap them (Z1-Z7)."""
+    """kvm_mmu_zap_all_fast(): obsolete every root, make vCPUs reload, zap them (Z1-Z7).
+
+    Ghost (I19): the roots valid at Z1 must be invalid and empty when this returns.
+    """
     vm.slots_lock.assert_held(actor)
     yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+    valid_at_z1 = {r.id for r in vm.arch.roots if not r.role_invalid}
     vm.arch.mmu_valid_gen ^= 1
     if not vm.bug("zap_all_fast_forgets_invalidate"):
         kvm_tdp_mmu_invalidate_roots(vm, actor)
@@ -155,6 +172,32 @@ def kvm_mmu_zap_all_fast(vm: Vm, actor: Actor) -> Op[None]:
     vm.mmu_lock.write_unlock(actor)
     vm.ghost.event("zap_all_fast")
     yield from kvm_tdp_mmu_zap_invalidated_roots(vm, actor)
+    vm.arch.ghost.must_be_obsolete |= valid_at_z1
+
+
+def kvm_zap_gfn_range(vm: Vm, actor: Actor, gfn_start: int, gfn_end: int) -> Op[None]:
+    """kvm_zap_gfn_range() (x86, §2.13): begin + range_add, zap every valid root, flush, end,
+    all in one mmu_lock (W) section that the zap may yield."""
+    from kvmfuzz.virt.notifier import (
+        kvm_mmu_invalidate_begin,
+        kvm_mmu_invalidate_end,
+        kvm_mmu_invalidate_range_add,
+        warn,
+    )
+    if gfn_end <= gfn_start:
+        warn(vm, f"kvm_zap_gfn_range [{gfn_start:#x}, {gfn_end:#x})")
+        return
+    window = vm.ghost.open("zap", actor)
+    yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+    kvm_mmu_invalidate_begin(vm, actor, window)
+    kvm_mmu_invalidate_range_add(vm, window, gfn_start, gfn_end)
+    flush = yield from kvm_tdp_mmu_zap_leafs(vm, actor, gfn_start, gfn_end, False)
+    if flush:
+        kvm_flush_remote_tlbs_range(vm, actor, gfn_start, gfn_end - gfn_start)
+    kvm_mmu_invalidate_end(vm, actor, window)
+    vm.mmu_lock.write_unlock(actor)
+    vm.ghost.close(window)
+    vm.ghost.event("zap_gfn_range")
 
 
 def kvm_mmu_zap_memslot(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
@@ -177,11 +220,30 @@ def kvm_arch_flush_shadow_memslot(vm: Vm, actor: Actor, slot: Memslot) -> Op[Non
 
 def kvm_arch_memslots_updated(vm: Vm, actor: Actor, gen: int) -> Op[None]:
     """kvm_arch_memslots_updated() -> kvm_mmu_invalidate_mmio_sptes(): zap all on a wrap."""
+    if vm.bug("mmio_spte_without_generation"):
+        return  # planted: the generation never moves (see memslots_generation), so never wraps
     gen &= vm.arch.mmio_gen_mask
     gen &= ~(vm.config.nr_as - 1)
     if gen == 0 and not vm.bug("mmio_gen_wrap_not_handled"):
         vm.ghost.event("mmio_gen.wrap")
         yield from kvm_mmu_zap_all_fast(vm, actor)
+
+
+def memslots_generation(vm: Vm, as_id: int) -> int:
+    """``__kvm_memslots(kvm, as_id)->generation`` as the x86 MMU reads it (MMIO SPTEs, the vCPU
+    MMIO cache, check_mmio_spte).
+
+    Planted ``mmio_spte_without_generation``: memslot changes do not bump the generation the
+    MMU sees (as before MMIO SPTEs carried a generation, 3.x): it stays at its initial value
+    ``as_id``, with no update-in-progress bit.
+    """
+    if vm.bug("mmio_spte_without_generation"):
+        return as_id
+    return vm.memslots[as_id].generation
+
+
+def mmio_generation_stable(gen: int) -> bool:
+    return not gen & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
 
 
 # -- huge pages ---------------------------------------------------------------------------
@@ -339,6 +401,11 @@ def kvm_arch_prepare_memory_region(vm: Vm, old: Memslot | None, new: Memslot | N
 def kvm_arch_commit_memory_region(vm: Vm, actor: Actor, old: Memslot | None,
                                   new: Memslot | None, change: str) -> Op[None]:
     """kvm_arch_commit_memory_region() -> kvm_mmu_slot_apply_flags() (not on DELETE)."""
+    if (new is not None and new.logging
+            and (old is None or not old.logging or old.serial != new.serial)):
+        vm.arch.ghost.written[new.serial] = set()  # ghost (D5): a new logging period
+    if old is not None and change in ("DELETE", "MOVE"):
+        vm.arch.ghost.written.pop(old.serial, None)
     if change != "DELETE":
         assert new is not None
         yield from kvm_mmu_slot_apply_flags(vm, actor, old, new, change)
@@ -346,7 +413,8 @@ def kvm_arch_commit_memory_region(vm: Vm, actor: Actor, old: Memslot | None,
 
 def kvm_mmu_slot_apply_flags(vm: Vm, actor: Actor, old: Memslot | None, new: Memslot,
                              change: str) -> Op[None]:
-    """kvm_mmu_slot_apply_flags(): dirty logging on -> split + write-protect + flush."""
+    """kvm_mmu_slot_apply_flags(): dirty logging on -> split + write-protect + flush; off ->
+    recover huge pages."""
     old_flags = old.flags if old is not None else 0
     log_dirty_toggled = (old_flags ^ new.flags) & KVM_MEM_LOG_DIRTY_PAGES
     if change != "FLAGS_ONLY" or new.flags & KVM_MEM_READONLY:
@@ -357,32 +425,49 @@ def kvm_mmu_slot_apply_flags(vm: Vm, actor: Actor, old: Memslot | None, new: Mem
         return
     if not new.flags & KVM_MEM_LOG_DIRTY_PAGES:
         vm.ghost.event("dirty_log.disable")
+        vm.arch.ghost.written.pop(new.serial, None)
         from kvmfuzz.x86.huge import kvm_mmu_recover_huge_pages
         yield from kvm_mmu_recover_huge_pages(vm, actor, new)
         return
     vm.ghost.event("dirty_log.enable")
     if vm.config.manual_protect and vm.config.initially_set:
-        return
+        return  # kvm_dirty_log_manual_protect_and_init_set(): every page counts as dirty
     if vm.config.eager_split:
         yield from kvm_mmu_slot_try_split_huge_pages(vm, actor, new)
+        yield from preempt(Point.DIRTY_LOG_ENABLE_WRPROT)  # mmu_lock dropped in between
     if not vm.bug("dirty_log_enable_skips_wrprot"):
         yield from kvm_mmu_slot_remove_write_access(vm, actor, new, 1)
-    kvm_flush_remote_tlbs_range(vm, actor, new.base_gfn, new.npages)
+    kvm_flush_remote_tlbs_range(vm, actor, new.base_gfn, new.npages)  # unconditionally
 
 
 def kvm_mmu_slot_try_split_huge_pages(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
-    """kvm_mmu_slot_try_split_huge_pages() -> tdp_mmu_split_huge_pages_root() (mmu_lock R)."""
+    """kvm_mmu_slot_try_split_huge_pages(): eager split of the slot down to 4K (mmu_lock R)."""
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
-    for root in [r for r in vm.arch.roots if not r.role_invalid and r.as_id == slot.as_id]:
-        for level in range(vm.arch.geo.max_huge_level, 1, -1):
-            for it in for_each_tdp_pte(vm, root, slot.base_gfn, slot.base_gfn + slot.npages, level):
-                while (it.level == level and S.is_shadow_present_pte(it.old_spte)
-                       and S.is_large_pte(it.old_spte)):
-                    sp = tdp_mmu_alloc_sp(vm, level - 1, it.gfn, root.as_id)
-                    if tdp_mmu_split_huge_page(vm, it, sp):
-                        break
-                    tdp_mmu_free_sp(vm, sp)
+    yield from kvm_tdp_mmu_try_split_huge_pages(vm, actor, slot.as_id, slot.base_gfn,
+                                                slot.base_gfn + slot.npages, 1, True)
     vm.mmu_lock.read_unlock(actor)
+
+
+def wrprot_gfn_range(vm: Vm, actor: Actor, root: KvmMmuPage, start: int, end: int,
+                     min_level: int) -> Op[bool]:
+    """wrprot_gfn_range(): clear W (only) of every writable leaf at >= min_level (mmu_lock R)."""
+    rcu = vm.arch.rcu
+    spte_set = False
+    rcu.read_lock(actor)
+    walk = TdpWalk(vm, root, start, end, min_level)
+    for it in walk:
+        while True:  # retry:
+            if (yield from walk.cond_resched(actor, False, True)):
+                break
+            if (not S.is_shadow_present_pte(it.old_spte) or not S.is_last_spte(it.old_spte, it.level)
+                    or not S.is_writable_pte(it.old_spte)):
+                break
+            if tdp_mmu_set_spte_atomic(vm, it, it.old_spte & ~S.PT_WRITABLE_MASK):
+                vm.ghost.event("spte.wrprot")
+                spte_set = True
+                break
+    rcu.read_unlock(vm, actor)
+    return spte_set
 
 
 def kvm_mmu_slot_remove_write_access(vm: Vm, actor: Actor, slot: Memslot,
@@ -392,20 +477,13 @@ def kvm_mmu_slot_remove_write_access(vm: Vm, actor: Actor, slot: Memslot,
     Clears W only: MMU-writable stays, so the fast path may set W again (and mark dirty).
     """
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
-    for root in [r for r in vm.arch.roots if not r.role_invalid and r.as_id == slot.as_id]:
-        for it in for_each_tdp_pte(vm, root, slot.base_gfn, slot.base_gfn + slot.npages,
-                                   min_level):
-            while (S.is_shadow_present_pte(it.old_spte) and S.is_last_spte(it.old_spte, it.level)
-                   and S.is_writable_pte(it.old_spte)):
-                if tdp_mmu_set_spte_atomic(vm, it, it.old_spte & ~S.PT_WRITABLE_MASK):
-                    vm.ghost.event("spte.wrprot")
-                    break
+    for root in tdp_mmu_roots(vm, slot.as_id, True):
+        if not kvm_tdp_mmu_get_root(root):
+            continue
+        yield from wrprot_gfn_range(vm, actor, root, slot.base_gfn, slot.base_gfn + slot.npages,
+                                    min_level)
+        kvm_tdp_mmu_put_root(vm, root)
     vm.mmu_lock.read_unlock(actor)
-
-
-def write_protect_it(vm: Vm, it: TdpIter) -> bool:
-    """Clear W of the SPTE at ``it`` with cmpxchg semantics (used by dirty-log harvest)."""
-    return tdp_mmu_set_spte_atomic(vm, it, it.old_spte & ~S.PT_WRITABLE_MASK)
 
 
 def kvm_zap_all_roots_now(vm: Vm, actor: Actor) -> Op[None]:

@@ -8,7 +8,13 @@ section that ``vcpu_run`` holds across exit handling. RETRY / FIXED / SPURIOUS r
 guest; EMULATE ends in an MMIO exit; a negative value exits to userspace (-EFAULT, memory-fault).
 
 Before each guest entry the vCPU processes its requests (``KVM_REQ_MMU_FREE_OBSOLETE_ROOTS``,
-``KVM_REQ_TLB_FLUSH``) and reloads its root (``kvm_mmu_reload``), as ``vcpu_enter_guest`` does.
+which puts an obsolete root under mmu_lock, and ``KVM_REQ_TLB_FLUSH``) and reloads its root
+(``kvm_mmu_reload``), as ``vcpu_enter_guest`` does.
+
+The EPT violation's error code says "present" when the leaf granted any of R/W/X (an
+access-tracked SPTE, RWX = 0, is a not-present fault even though it is MMU-present). The vCPU
+keeps the MMIO-info cache (``mmio_gfn`` / ``mmio_gen`` / ``mmio_access``). Ghost: every completed
+guest write to a dirty-logged slot is recorded as "written since harvest" (D5).
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ class Vcpu:
     tlb: Tlb = attrs.field(factory=Tlb)
     fault: PageFault | None = None  # the fault being handled (ghost view of the stack frame)
     last_access: Access | None = None
+    mmio_gfn: int = 0  # vcpu->arch.mmio_gfn (0: nothing cached)
+    mmio_access: int = 0
+    mmio_gen: int = 0
 
     @property
     def name(self) -> str:
@@ -100,11 +109,11 @@ class Vcpu:
             sp = vm.arch.sp_by_pfn[S.spte_to_pfn(spte)]
 
 
-def kvm_check_requests(vm: Vm, vcpu: Vcpu) -> None:
+def kvm_check_requests(vm: Vm, vcpu: Vcpu) -> Op[None]:
     """vcpu_enter_guest(): service KVM_REQ_MMU_FREE_OBSOLETE_ROOTS and KVM_REQ_TLB_FLUSH."""
     if KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in vcpu.requests:
         vcpu.requests.discard(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
-        kvm_mmu_free_obsolete_roots(vm, vcpu, vcpu.actor)
+        yield from kvm_mmu_free_obsolete_roots(vm, vcpu, vcpu.actor)
     if KVM_REQ_TLB_FLUSH in vcpu.requests:
         vcpu.requests.discard(KVM_REQ_TLB_FLUSH)
         vcpu.tlb.flush_all()
@@ -121,8 +130,10 @@ def hardware_access(vm: Vm, vcpu: Vcpu, gfn: int, write: bool, exec_: bool,
     spte, level, sp, idx = vcpu.walk_leaf(gfn)
     if S.is_mmio_spte(m, spte):
         return "fault", PageFault(gfn, write, exec_, False, True, _private(vm, gfn)), None
-    present = S.is_shadow_present_pte(spte)
-    if present and S.is_access_allowed(m, spte, write=write, exec=exec_):
+    mmu_present = S.is_shadow_present_pte(spte)
+    # PFERR_PRESENT: EPT exit qualification "readable|writable|executable" (legacy: P).
+    present = mmu_present and bool(spte & (S.VMX_EPT_RWX_MASK if m.ept else S.PT_PRESENT_MASK))
+    if mmu_present and S.is_access_allowed(m, spte, write=write, exec=exec_):
         assert sp is not None
         if m.ad_enabled and vm.config.ad_bits:  # hardware A/D assists (atomic OR)
             sp.spt[idx] = spte | m.accessed_mask | (m.dirty_mask if write else 0)
@@ -132,7 +143,7 @@ def hardware_access(vm: Vm, vcpu: Vcpu, gfn: int, write: bool, exec_: bool,
         src = sp.src.get(idx)
         src = src.offset(offset) if src is not None else None
         vcpu.tlb.fill(TlbEntry(vcpu.root.id, gfn, pfn, S.is_writable_pte(spte),
-                               S.is_executable_pte(m, spte), src))
+                               S.is_executable_pte(m, spte), src, gfn - offset, pages))
         return "done", None, _do_access(vm, vcpu, gfn, pfn, write, token, src, False)
     return "fault", PageFault(gfn, write, exec_, present, False, _private(vm, gfn)), None
 
@@ -147,10 +158,22 @@ def _do_access(vm: Vm, vcpu: Vcpu, gfn: int, pfn: int, write: bool, token: int,
     if write:
         vm.pages.write(pfn, token)
         value = token
+        _note_guest_write(vm, vcpu, gfn, src)
     else:
         value = vm.pages.read(pfn)
     vcpu.last_access = Access(vcpu.name, gfn, pfn, write, value, src, via_tlb)
     return value
+
+
+def _note_guest_write(vm: Vm, vcpu: Vcpu, gfn: int, src: Source | None) -> None:
+    """Ghost (D5): a guest write to a logged slot, once the enable ioctl has returned."""
+    slot = vm.memslots[vcpu.as_id].search(gfn)
+    if (src is None or slot is None or slot.serial != src.slot_serial or not slot.logging
+            or slot.serial in vm.ghost.dirty_enable_in_flight):
+        return
+    written = vm.arch.ghost.written.get(slot.serial)
+    if written is not None:
+        written.add(gfn)
 
 
 def kvm_vcpu_access(vm: Vm, vcpu: Vcpu, gfn: int, write: bool, exec_: bool = False,
@@ -160,10 +183,10 @@ def kvm_vcpu_access(vm: Vm, vcpu: Vcpu, gfn: int, write: bool, exec_: bool = Fal
     retries = idle_retries = 0
     token = vm.new_token() if write else 0
     while True:
-        kvm_check_requests(vm, vcpu)
+        yield from kvm_check_requests(vm, vcpu)
         yield from kvm_mmu_reload(vm, vcpu, actor)
         yield from preempt(Point.VCPU_GUEST_ACCESS)
-        kvm_check_requests(vm, vcpu)  # a request made while we were preempted: re-check
+        yield from kvm_check_requests(vm, vcpu)  # a request made while we were preempted
         if vcpu.root is None:
             continue
         status, fault, value = hardware_access(vm, vcpu, gfn, write, exec_, token)
