@@ -282,8 +282,7 @@ class Driver:
             words = [a["mask"] >> (64 * i) & ((1 << 64) - 1) for i in range((a["num"] + 63) // 64)]
             return kvm_clear_dirty_log_protect(vm, actor, 0, a["slot"], a["first"], a["num"], words)
         if op == "enable_manual_protect":
-            initially_set = a["initially_set"]
-            return _atomic(lambda: kvm_enable_manual_dirty_log_protect(vm, initially_set))
+            return kvm_enable_manual_dirty_log_protect(vm, actor, a["initially_set"])
         raise InvalidArgument(op)
 
     # -- stepping -------------------------------------------------------------------------

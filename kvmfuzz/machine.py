@@ -224,27 +224,135 @@ class KvmMachine(RuleBasedStateMachine):
         slot = data.draw(st.integers(0, 3), label="slot")
         self._start("get_dirty_log", actor, slot=slot)
 
-    @precondition(lambda self: self._idle("mm", "host") and "age" in self.host_ops)
+    # -- x86: protocol-aware races (fast page fault, huge-page recovery) --------------------------
+    _INVALIDATING = ("dontneed", "munmap", "mprotect", "migrate", "thp_split", "thp_collapse")
+
+    def _race_targets(self) -> list[int]:
+        """gfns an in-flight x86 operation is in the middle of: vCPU faults (slow or fast) and
+        huge-page recovery about to rebuild a frame."""
+        vm = self.d.vm
+        out = {v.fault.gfn for v in vm.vcpus if v.fault is not None}
+        out.update(gfn for _, gfn, _ in vm.arch.ghost.recovering.values())
+        return sorted(out)
+
+    def _mapped_leaves(self) -> list[tuple[int, int, int]]:
+        """(gfn, level, spte) of the present leaves of the vCPUs' valid roots (cached per
+        schedule position: preconditions run often)."""
+        key = len(self.d.steps)
+        cached = getattr(self, "_leaves_cache", None)
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
+        from kvmfuzz.x86 import spte as S
+        from kvmfuzz.x86.tdp_mmu import for_each_tdp_pte
+        vm = self.d.vm
+        out: list[tuple[int, int, int]] = []
+        for root in sorted({v.root for v in vm.vcpus if v.root is not None and not v.root.role_invalid},
+                           key=lambda r: r.id):
+            for it in for_each_tdp_pte(vm, root, 0, vm.arch.geo.max_gfn):
+                if S.is_shadow_present_pte(it.old_spte) and S.is_last_spte(it.old_spte, it.level):
+                    out.append((it.gfn, it.level, it.old_spte))
+        self._leaves_cache = (key, out)
+        return list(out)
+
+    def _fixable_gfns(self) -> list[int]:
+        """gfns whose leaf a fast page fault may fix: write-protected but MMU-writable, or
+        access-tracked."""
+        from kvmfuzz.x86 import spte as S
+        vm = self.d.vm
+        m, geo = vm.arch.masks, vm.arch.geo
+        out: set[int] = set()
+        for gfn, level, spte in self._mapped_leaves():
+            if S.is_access_track_spte(m, spte) or (
+                    not S.is_writable_pte(spte) and S.is_mmu_writable_spte(m, spte)):
+                out.update(range(gfn, gfn + min(geo.pages(level), 4)))
+        return sorted(out)
+
+    def _x86_kinds(self) -> list[str]:
+        """The x86 operations that can start now (one rule for all of them, so that adding
+        them does not dilute the other rules, ``run`` above all)."""
+        if self.driver is None:
+            return []
+        vm = self.d.vm
+        kinds = []
+        # Race opportunities are rare and short-lived: when one is there, favour it.
+        if self._idle("vcpu") and self._fixable_gfns():
+            kinds += ["access_fixable"] * 4
+        if self._idle("mm", "host"):
+            if self._race_targets() and any(op in self.host_ops for op in self._INVALIDATING):
+                kinds += ["racing_host_op"] * 4
+            if "age" in self.host_ops:
+                kinds.append("young")
+        if self._idle("vmm", "zap_gfn_range"):
+            kinds.append("zap_gfn_range")
+        if self._idle("vmm", "dirty_log"):
+            kinds.append("clear_dirty_log")
+            if vm.memslots[0].slots:
+                kinds += ["toggle_dirty_logging"] * (2 if self._mapped_leaves() else 1)
+            if not vm.config.manual_protect and not any(s.logging for s in vm.memslots[0].ordered()):
+                kinds.append("enable_manual_protect")
+        return kinds
+
+    @precondition(lambda self: bool(self._x86_kinds()))
     @rule(data=st.data())
-    def start_young(self, data: st.DataObject) -> None:
-        """mmu_notifier_clear_young / test_young (lockless TDP MMU aging)."""
+    def start_x86_op(self, data: st.DataObject) -> None:
+        """Start an x86 operation: a guest access the fast page fault may fix, a host
+        invalidation racing an in-flight fault or huge-page recovery, clear_young/test_young,
+        kvm_zap_gfn_range, KVM_CLEAR_DIRTY_LOG, a dirty-logging toggle, or
+        KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2."""
+        kind = data.draw(st.sampled_from(self._x86_kinds()), label="x86")
+        getattr(self, f"_x86_{kind}")(data)
+
+    def _x86_access_fixable(self, data: st.DataObject) -> None:
+        """A guest access to a page whose SPTE the fast page fault may fix (dirty-log
+        write-protected or access-tracked)."""
+        actor = self._actor(data, "vcpu")
+        gfn = data.draw(st.sampled_from(self._fixable_gfns()), label="gfn")
+        self._start("access", actor, gfn=gfn, write=data.draw(st.booleans(), label="write"),
+                    private=self.d.vm.kvm_mem_is_private(gfn), exec=False)
+
+    def _x86_racing_host_op(self, data: st.DataObject) -> None:
+        """A host invalidation of the page (or huge frame) an in-flight fault or huge-page
+        recovery is working on."""
+        actor = self._actor(data, "mm")
+        gfn = data.draw(st.sampled_from(self._race_targets()), label="target")
+        op = data.draw(st.sampled_from([o for o in self._INVALIDATING if o in self.host_ops]),
+                       label="op")
+        slot = self.d.vm.memslots[0].search(gfn)
+        hva = slot.gfn_to_hva(gfn) - 0x40000 if slot is not None else gfn
+        frame = self.d.vm.arch.geo.pages(2)
+        if data.draw(st.booleans(), label="frame"):
+            hva, npages = hva - hva % frame, frame
+        else:
+            npages = 1
+        if op in ("dontneed", "munmap", "mprotect"):
+            args: dict[str, Any] = {"hva": hva, "npages": npages}
+            if op == "mprotect":
+                args["writable"] = data.draw(st.booleans(), label="writable")
+        else:
+            args = {"hva": hva}
+        self._start(op, actor, **args)
+
+    def _x86_young(self, data: st.DataObject) -> None:
+        """mmu_notifier_clear_young / test_young (lockless TDP MMU aging), mostly of mapped pages."""
         actor = self._actor(data, "mm")
         op = data.draw(st.sampled_from(["clear_young", "test_young"]), label="op")
-        hva = self._hva(data)
+        mapped = sorted({g for g, _, _ in self._mapped_leaves()})
+        slots = self.d.vm.memslots[0]
+        hvas = [s_.gfn_to_hva(g) - 0x40000 for g in mapped if (s_ := slots.search(g)) is not None]
+        if hvas and data.draw(st.booleans(), label="mapped"):
+            hva = data.draw(st.sampled_from(hvas), label="hva")
+        else:
+            hva = self._hva(data)
         self._start(op, actor, hva=hva, npages=data.draw(st.integers(1, 8), label="npages"))
 
-    @precondition(lambda self: self._idle("vmm", "zap_gfn_range"))
-    @rule(data=st.data())
-    def start_zap_gfn_range(self, data: st.DataObject) -> None:
+    def _x86_zap_gfn_range(self, data: st.DataObject) -> None:
         """kvm_zap_gfn_range() (MTRR / CR0.CD / APICv inhibit), here started by a VMM thread."""
         actor = self._actor(data, "vmm")
         start = self._gfn(data)
         n = data.draw(st.integers(1, 16), label="npages")
         self._start("zap_gfn_range", actor, start=start, end=start + n)
 
-    @precondition(lambda self: self._idle("vmm", "dirty_log"))
-    @rule(data=st.data())
-    def start_clear_dirty_log(self, data: st.DataObject) -> None:
+    def _x86_clear_dirty_log(self, data: st.DataObject) -> None:
         """KVM_CLEAR_DIRTY_LOG of a slot's whole range or a drawn subset of it."""
         actor = self._actor(data, "vmm")
         slots = self.d.vm.memslots[0].ordered()
@@ -257,23 +365,21 @@ class KvmMachine(RuleBasedStateMachine):
         mask = data.draw(st.one_of(st.just(all_ones), st.integers(0, all_ones)), label="mask")
         self._start("clear_dirty_log", actor, slot=slot, first=0, num=num, mask=mask)
 
-    @precondition(lambda self: self._idle("vmm", "dirty_log") and bool(self.d.vm.memslots[0].slots))
-    @rule(data=st.data())
-    def start_toggle_dirty_logging(self, data: st.DataObject) -> None:
+    def _x86_toggle_dirty_logging(self, data: st.DataObject) -> None:
         """A migration's dirty-logging cycle: KVM_SET_USER_MEMORY_REGION2 toggling
-        KVM_MEM_LOG_DIRTY_PAGES on an existing slot (enable: split + write-protect; disable:
-        huge-page recovery)."""
+        KVM_MEM_LOG_DIRTY_PAGES on an existing slot, mostly one with mapped pages (enable:
+        split + write-protect; disable: huge-page recovery)."""
         actor = self._actor(data, "vmm")
-        s = data.draw(st.sampled_from(self.d.vm.memslots[0].ordered()), label="slot")
+        slots = self.d.vm.memslots[0].ordered()
+        mapped = [s_ for s_ in slots if any(g in s_.gfns for g, _, _ in self._mapped_leaves())]
+        s = data.draw(st.sampled_from(mapped if mapped and data.draw(st.booleans(), label="mapped")
+                                      else slots), label="slot")
         self._start("memslot", actor, slot=s.id, as_id=0,
                     flags=(s.flags & ~(1 << 16)) ^ KVM_MEM_LOG_DIRTY_PAGES, gfn=s.base_gfn,
                     npages=s.npages, hva=s.userspace_addr - 0x40000,
                     gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
 
-    @precondition(lambda self: self._idle("vmm", "dirty_log")
-                  and not self.d.vm.config.manual_protect)
-    @rule(data=st.data())
-    def start_enable_manual_protect(self, data: st.DataObject) -> None:
+    def _x86_enable_manual_protect(self, data: st.DataObject) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), with or without INITIALLY_SET."""
         actor = self._actor(data, "vmm")
         self._start("enable_manual_protect", actor,

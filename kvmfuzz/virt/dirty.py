@@ -248,15 +248,21 @@ def kvm_clear_dirty_log_protect(vm: Vm, actor: Actor, as_id: int, slot_id: int, 
         vm.slots_lock.release(actor)
 
 
-def kvm_enable_manual_dirty_log_protect(vm: Vm, initially_set: bool) -> int:
+def kvm_enable_manual_dirty_log_protect(vm: Vm, actor: Actor, initially_set: bool) -> Op[int]:
     """KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, ENABLE | INITIALLY_SET?).
 
     The kernel stores the flags at any time, without a lock. Model restriction: the VMM enables
-    it once (turning INITIALLY_SET off while a slot logs with an all-ones bitmap would leave
-    writable huge pages that CLEAR no longer protects -- a misuse, not a KVM bug).
+    it once, under slots_lock and before any slot logs dirty pages (as VMMs do, at VM creation).
+    Otherwise it could race with a memslot update between kvm_prepare_memory_region() (which
+    fills the bitmap if INITIALLY_SET) and kvm_mmu_slot_apply_flags() (which then skips the
+    write-protection): a zero bitmap over writable SPTEs -- a userspace race, not a KVM bug.
     """
-    if vm.config.manual_protect:
-        return -errno.EINVAL
-    vm.config = attrs.evolve(vm.config, manual_protect=True, initially_set=initially_set)
-    vm.ghost.event("dirty_log.manual_protect" + (".initially_set" if initially_set else ""))
-    return 0
+    yield from mutex_lock(vm.slots_lock, actor, Point.SLOTS_LOCK)
+    try:
+        if vm.config.manual_protect or any(s.logging for sets in vm.memslots for s in sets.ordered()):
+            return -errno.EBUSY
+        vm.config = attrs.evolve(vm.config, manual_protect=True, initially_set=initially_set)
+        vm.ghost.event("dirty_log.manual_protect" + (".initially_set" if initially_set else ""))
+        return 0
+    finally:
+        vm.slots_lock.release(actor)

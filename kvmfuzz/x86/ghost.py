@@ -12,6 +12,8 @@ back in modelled kernel code (``Vm.ghost`` is the generic counterpart).
   root, and the roots every completed ``kvm_mmu_zap_all_fast`` had to invalidate.
 - ``written`` / ``lost_writes`` (D5): "written since harvest" per logged slot, and harvests
   that reported a page clean although it was written since the previous harvest.
+- ``recovering``: the frame an in-flight huge-page recovery is about to rebuild (for messages
+  and for the machine's protocol-aware choice of what to race against it).
 """
 
 from __future__ import annotations
@@ -46,3 +48,4 @@ class X86Ghost:
     must_be_obsolete: set[int] = attrs.field(factory=set)  # root ids
     written: dict[int, set[int]] = attrs.field(factory=dict)  # slot serial -> gfns
     lost_writes: list[str] = attrs.field(factory=list)
+    recovering: dict[str, tuple[int, int, int]] = attrs.field(factory=dict)  # actor -> (as, gfn, L)

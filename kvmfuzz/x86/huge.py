@@ -19,11 +19,13 @@ frame after re-taking the lock.
 while it holds mmu_lock for read, just before building a huge SPTE, so another CPU can start
 waiting for mmu_lock (which the kernel's rwlock_needbreak() then sees).
 
-Planted ``recovery_ignores_invalidation``: on -EAGAIN the variant builds the huge SPTE first,
-yields, and installs what it built after re-taking the lock -- so an invalidation that zapped
-the children (and let the host change the pages) while the lock was dropped is ignored; the
-parent non-leaf SPTE is unchanged by a leaf zap, so the cmpxchg succeeds. Only an interleaving
-exposes it: the yield happens only when another CPU waits for mmu_lock.
+Planted ``recovery_ignores_invalidation``: the variant builds the huge SPTE, drops mmu_lock (as
+a yield that does not restart would), and installs what it built after re-taking the lock -- so
+an invalidation that zapped the children (and let the host change or free the pages) while the
+lock was dropped is ignored: a leaf zap leaves the parent non-leaf SPTE unchanged, so the cmpxchg
+succeeds. It breaks the ordering "the present child that vouches for the host mapping is seen in
+the same mmu_lock section as the cmpxchg". Only an interleaving exposes it: without an
+invalidation of that frame in the window, what it installs is still correct.
 """
 
 from __future__ import annotations
@@ -103,14 +105,15 @@ def recover_huge_pages_range(vm: Vm, actor: Actor, root: KvmMmuPage, slot: Memsl
             level = __kvm_mmu_max_mapping_level(vm, slot, it.gfn, geo.max_huge_level, False)
             if level < it.level:
                 break
+            vm.arch.ghost.recovering[actor.name] = (root.as_id, it.gfn, it.level)
             yield from preempt(Point.TDP_RECOVER_HUGE)  # need_resched(): others may queue
             r, huge, src = tdp_mmu_make_huge_spte(vm, walk, it)
             if r == EAGAIN:
                 continue  # goto retry: cond_resched() yields and the walk restarts
             if r:
                 break
-            if vm.bug("recovery_ignores_invalidation") and walk.need_resched():
-                # planted: yield with the huge SPTE already built, then install it anyway
+            if vm.bug("recovery_ignores_invalidation"):
+                # planted: drop mmu_lock with the huge SPTE already built, install it anyway
                 yield from tdp_mmu_yield_lock(vm, actor, flush, True)
                 flush = False
                 if _install(vm, it, huge, src):
@@ -123,6 +126,7 @@ def recover_huge_pages_range(vm: Vm, actor: Actor, root: KvmMmuPage, slot: Memsl
             # the parent changed under us: it.old_spte was refreshed, retry
     if flush:
         kvm_flush_remote_tlbs_range(vm, actor, slot.base_gfn, slot.npages)
+    vm.arch.ghost.recovering.pop(actor.name, None)
     rcu.read_unlock(vm, actor)
 
 
