@@ -9,7 +9,7 @@ flushes, dirty logging (reference §3.4-3.5, §4.3 I15/I16, §4.4 I19-I22, §4.6
 | I21-writable-trio | a present leaf with W but not MMU-writable, MMU-writable but not host-writable, or MMU-writable (so fast PF may make it writable) over a read-only host mapping or READONLY slot |
 | I21-access-track-bits | an access-tracked leaf with A set or no saved R to restore; a leaf that is not tracked but carries saved R/X bits; an A/D-disabled leaf that is neither tracked nor accessed |
 | I22-flush-before-release | a vCPU TLB still holds (for a valid root it runs on) a translation that was zapped, or lost MMU-writable, after the operation that changed it dropped mmu_lock (dirty-log protection: after its ioctl returned) |
-| D1-huge-in-logged-slot | after the LOG_DIRTY enable returned (and no harvest in flight), a writable huge leaf of the logged slot in a valid root, or with eager split any huge leaf; with INITIALLY_SET a writable huge leaf needs every page's dirty bit set |
+| D1-huge-in-logged-slot | after the LOG_DIRTY enable returned (and no harvest in flight), a writable huge leaf of the logged slot in a valid root, or with eager split any huge leaf (READONLY slots: only writable ones); with INITIALLY_SET a writable huge leaf needs every page's dirty bit set |
 | D5-harvest-lost-write | a GET reported a page clean although the guest wrote it since the previous harvest; a page written since the last harvest whose dirty bit is clear, outside a harvest in flight and a fast PF's cmpxchg-to-mark window |
 
 The I15 exemption: an MMIO SPTE installed while a memslot update is in flight is stamped with
@@ -232,9 +232,11 @@ def check_huge_in_logged_slot(vm: Vm, leaves: list[Leaf]) -> None:
         slot = active_slot(vm, leaf.root.as_id, leaf.gfn)
         if (slot is None or not slot.logging or slot.serial != leaf.source.slot_serial
                 or slot.serial in vm.ghost.dirty_enable_in_flight
-                or slot.serial in vm.ghost.get_in_flight):
+                or slot.serial in vm.ghost.get_in_flight or slot.invalid):
             continue
         writable = S.is_writable_pte(leaf.spte)
+        if slot.readonly and not writable:
+            continue  # kvm_mmu_slot_apply_flags() leaves READONLY slots alone: nothing to log
         if initially_set:
             clean = [g for g in range(leaf.gfn, leaf.gfn + geo.pages(leaf.level))
                      if slot.base_gfn <= g < slot.base_gfn + slot.npages and not dirty_bit(slot, g)]

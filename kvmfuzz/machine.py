@@ -45,6 +45,11 @@ WINDOW_POINTS = frozenset(p.name for p in (
     Point.FAST_PF_CMPXCHG, Point.FAST_PF_MARK_DIRTY, Point.AGE_SPTE, Point.TDP_RECOVER_HUGE,
     Point.TDP_SPLIT_ALLOC, Point.DIRTY_LOG_ENABLE_WRPROT, Point.CLEAR_DIRTY_LOG_BEFORE_FLUSH))
 
+# Where an x86 operation sits inside a race window (the machine's x86 rule may let a racing
+# host invalidation run through it).
+_RACE_POINTS = frozenset({"FAST_PF_CMPXCHG", "FAST_PF_MARK_DIRTY", "TDP_RECOVER_HUGE",
+                          "TDP_MMU_YIELD", "AGE_SPTE"})
+
 HOST_OPS = ("dontneed", "munmap", "mmap", "mprotect", "migrate", "thp_split", "thp_collapse",
             "age", "host_write")
 FAMILIES = ("host", "memslot", "attributes", "punch_hole", "dirty_log", "zap_gfn_range")
@@ -254,40 +259,99 @@ class KvmMachine(RuleBasedStateMachine):
         self._leaves_cache = (key, out)
         return list(out)
 
-    def _fixable_gfns(self) -> list[int]:
-        """gfns whose leaf a fast page fault may fix: write-protected but MMU-writable, or
-        access-tracked."""
+    def _racer_at(self, gfn: int) -> str | None:
+        """The actor stopped at an x86 race point working on ``gfn``, if any."""
+        vm = self.d.vm
+        for v in vm.vcpus:
+            if v.fault is not None and v.fault.gfn == gfn and v.actor.pending is not None \
+                    and v.actor.pending.point.name in _RACE_POINTS:
+                return v.actor.name
+        for name, (_, g, level) in sorted(vm.arch.ghost.recovering.items()):
+            a = vm.sched.actor(name)
+            if g <= gfn < g + vm.arch.geo.pages(level) and a.pending is not None \
+                    and a.pending.point.name in _RACE_POINTS:
+                return name
+        return None
+
+    def _pending_accesses(self) -> dict[str, int]:
+        """vCPU -> gfn of the access it has been given but not yet faulted on (what it will
+        touch next)."""
+        out = {}
+        for v in self.d.vm.vcpus:
+            if v.actor.op_name != "access" or v.fault is not None:
+                continue
+            start = next((st_ for st_ in reversed(self.d.steps)
+                          if st_.do == "start" and st_.actor == v.actor.name), None)
+            if start is not None:
+                out[v.actor.name] = int(start.arg("gfn"))
+        return out
+
+    def _pending_access_gfns(self) -> list[int]:
+        return sorted(set(self._pending_accesses().values()))
+
+    def _fixable(self) -> dict[int, bool]:
+        """gfn -> "needs a write" for pages whose leaf a fast page fault may fix: write-protected
+        but MMU-writable (a write faults), or access-tracked (any access faults)."""
         from kvmfuzz.x86 import spte as S
         vm = self.d.vm
         m, geo = vm.arch.masks, vm.arch.geo
-        out: set[int] = set()
+        out: dict[int, bool] = {}
         for gfn, level, spte in self._mapped_leaves():
-            if S.is_access_track_spte(m, spte) or (
-                    not S.is_writable_pte(spte) and S.is_mmu_writable_spte(m, spte)):
-                out.update(range(gfn, gfn + min(geo.pages(level), 4)))
-        return sorted(out)
+            tracked = S.is_access_track_spte(m, spte)
+            if tracked or (not S.is_writable_pte(spte) and S.is_mmu_writable_spte(m, spte)):
+                for g in range(gfn, gfn + min(geo.pages(level), 4)):
+                    out[g] = not tracked
+        return out
+
+    def _fixable_gfns(self) -> list[int]:
+        return sorted(self._fixable())
+
+    def _run_to(self, actor: str, points: frozenset[str]) -> None:
+        """Run ``actor`` (no other actor in between) until it stops at one of ``points``,
+        blocks or finishes: the first half of a race, set up by an x86 start rule."""
+        sched = self.d.vm.sched
+        a = sched.actor(actor)
+        for _ in range(64):
+            if not sched.is_runnable(a):
+                return
+            t = self.d.run_actor(actor)
+            note(f"  {t.actor} {t.op} → {t.reached}")
+            self._account(t.reached)
+            if t.reached in points:
+                return
+
+    def _x86_race_kinds(self) -> list[str]:
+        """The x86 race set-ups possible now (rare and short-lived: they get a rule of their
+        own, so that they are taken when they appear)."""
+        if self.driver is None:
+            return []
+        kinds = []
+        if self._fast_pf_candidates():
+            kinds.append("prepare_fast_pf")
+        if self._idle("vmm", "dirty_log") and self._recovery_candidates():
+            kinds.append("prepare_recovery")
+        if (self._idle("mm", "host") and self._race_targets()
+                and any(op in self.host_ops for op in self._INVALIDATING)):
+            kinds.append("racing_host_op")
+        return kinds
 
     def _x86_kinds(self) -> list[str]:
-        """The x86 operations that can start now (one rule for all of them, so that adding
-        them does not dilute the other rules, ``run`` above all)."""
+        """The other x86 operations that can start now (one rule for all of them, so that
+        adding them does not dilute the other rules, ``run`` above all)."""
         if self.driver is None:
             return []
         vm = self.d.vm
         kinds = []
-        # Race opportunities are rare and short-lived: when one is there, favour it.
         if self._idle("vcpu") and self._fixable_gfns():
-            kinds += ["access_fixable"] * 4
-        if self._idle("mm", "host"):
-            if self._race_targets() and any(op in self.host_ops for op in self._INVALIDATING):
-                kinds += ["racing_host_op"] * 4
-            if "age" in self.host_ops:
-                kinds.append("young")
+            kinds.append("access_fixable")
+        if self._idle("mm", "host") and "age" in self.host_ops:
+            kinds.append("young")
         if self._idle("vmm", "zap_gfn_range"):
             kinds.append("zap_gfn_range")
         if self._idle("vmm", "dirty_log"):
             kinds.append("clear_dirty_log")
             if vm.memslots[0].slots:
-                kinds += ["toggle_dirty_logging"] * (2 if self._mapped_leaves() else 1)
+                kinds.append("toggle_dirty_logging")
             if not vm.config.manual_protect and not any(s.logging for s in vm.memslots[0].ordered()):
                 kinds.append("enable_manual_protect")
         return kinds
@@ -295,26 +359,43 @@ class KvmMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self._x86_kinds()))
     @rule(data=st.data())
     def start_x86_op(self, data: st.DataObject) -> None:
-        """Start an x86 operation: a guest access the fast page fault may fix, a host
-        invalidation racing an in-flight fault or huge-page recovery, clear_young/test_young,
-        kvm_zap_gfn_range, KVM_CLEAR_DIRTY_LOG, a dirty-logging toggle, or
-        KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2."""
+        """Start an x86 operation: a guest access the fast page fault may fix,
+        clear_young/test_young, kvm_zap_gfn_range, KVM_CLEAR_DIRTY_LOG, a dirty-logging
+        toggle, or KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2."""
         kind = data.draw(st.sampled_from(self._x86_kinds()), label="x86")
+        getattr(self, f"_x86_{kind}")(data)
+
+    @precondition(lambda self: bool(self._x86_race_kinds()))
+    @rule(data=st.data())
+    def start_x86_race(self, data: st.DataObject) -> None:
+        """Set up an x86 race: a fast page fault stopped between its lockless read and its
+        cmpxchg, huge-page recovery stopped before it rebuilds a frame, or a host invalidation
+        of the page such an operation is working on (optionally interleaved with it)."""
+        kind = data.draw(st.sampled_from(self._x86_race_kinds()), label="x86")
         getattr(self, f"_x86_{kind}")(data)
 
     def _x86_access_fixable(self, data: st.DataObject) -> None:
         """A guest access to a page whose SPTE the fast page fault may fix (dirty-log
-        write-protected or access-tracked)."""
-        actor = self._actor(data, "vcpu")
-        gfn = data.draw(st.sampled_from(self._fixable_gfns()), label="gfn")
-        self._start("access", actor, gfn=gfn, write=data.draw(st.booleans(), label="write"),
-                    private=self.d.vm.kvm_mem_is_private(gfn), exec=False)
+        write-protected: a write; access-tracked: any access), from a vCPU whose TLB does not
+        already translate it (aging does not flush)."""
+        fixable = self._fixable()
+        gfn = data.draw(st.sampled_from(sorted(fixable)), label="gfn")
+        vm = self.d.vm
+        cold = [v.actor.name for v in vm.vcpus if not v.actor.busy and not any(
+            e.gfn == gfn for e in v.tlb.entries.values())]
+        actor = data.draw(st.sampled_from(cold), label="vcpu") if cold else self._actor(data, "vcpu")
+        write = fixable[gfn] or data.draw(st.booleans(), label="write")
+        self._start("access", actor, gfn=gfn, write=write, private=vm.kvm_mem_is_private(gfn),
+                    exec=False)
+        if data.draw(st.booleans(), label="to_race"):
+            self._run_to(actor, frozenset({"FAST_PF_CMPXCHG", "FAST_PF_MARK_DIRTY"}))
 
     def _x86_racing_host_op(self, data: st.DataObject) -> None:
         """A host invalidation of the page (or huge frame) an in-flight fault or huge-page
         recovery is working on."""
         actor = self._actor(data, "mm")
-        gfn = data.draw(st.sampled_from(self._race_targets()), label="target")
+        targets = self._race_targets()
+        gfn = data.draw(st.sampled_from(targets), label="target")
         op = data.draw(st.sampled_from([o for o in self._INVALIDATING if o in self.host_ops]),
                        label="op")
         slot = self.d.vm.memslots[0].search(gfn)
@@ -331,6 +412,17 @@ class KvmMachine(RuleBasedStateMachine):
         else:
             args = {"hva": hva}
         self._start(op, actor, **args)
+        how = data.draw(st.sampled_from(["start", "to_race", "interleave"]), label="how")
+        if how == "start":
+            return
+        self._run_to(actor, frozenset({"HOST_PTE_CHANGE"}))
+        racer = self._racer_at(gfn)
+        if how == "interleave" and racer is not None:
+            # the race itself: the racer takes one step (it may drop mmu_lock), the host op
+            # goes on through its invalidation, the racer goes on
+            self._run_to(racer, _RACE_POINTS)
+            self._run_to(actor, frozenset({"HOST_PTE_CHANGE"}))
+            self._run_to(racer, _RACE_POINTS)
 
     def _x86_young(self, data: st.DataObject) -> None:
         """mmu_notifier_clear_young / test_young (lockless TDP MMU aging), mostly of mapped pages."""
@@ -339,7 +431,7 @@ class KvmMachine(RuleBasedStateMachine):
         mapped = sorted({g for g, _, _ in self._mapped_leaves()})
         slots = self.d.vm.memslots[0]
         hvas = [s_.gfn_to_hva(g) - 0x40000 for g in mapped if (s_ := slots.search(g)) is not None]
-        if hvas and data.draw(st.booleans(), label="mapped"):
+        if bool(hvas) and data.draw(st.booleans(), label="mapped"):
             hva = data.draw(st.sampled_from(hvas), label="hva")
         else:
             hva = self._hva(data)
@@ -356,7 +448,7 @@ class KvmMachine(RuleBasedStateMachine):
         """KVM_CLEAR_DIRTY_LOG of a slot's whole range or a drawn subset of it."""
         actor = self._actor(data, "vmm")
         slots = self.d.vm.memslots[0].ordered()
-        if slots and data.draw(st.booleans(), label="existing"):
+        if bool(slots) and data.draw(st.booleans(), label="existing"):
             s = data.draw(st.sampled_from(slots), label="slot")
             slot, num = s.id, s.npages
         else:
@@ -371,13 +463,146 @@ class KvmMachine(RuleBasedStateMachine):
         split + write-protect; disable: huge-page recovery)."""
         actor = self._actor(data, "vmm")
         slots = self.d.vm.memslots[0].ordered()
-        mapped = [s_ for s_ in slots if any(g in s_.gfns for g, _, _ in self._mapped_leaves())]
-        s = data.draw(st.sampled_from(mapped if mapped and data.draw(st.booleans(), label="mapped")
-                                      else slots), label="slot")
+        leaves = self._mapped_leaves()
+        mapped = [s_ for s_ in slots if any(g in s_.gfns for g, _, _ in leaves)]
+        # logged slots with 4K leaves: disabling logging there recovers huge pages
+        recoverable = [s_ for s_ in mapped if s_.logging
+                       and any(lvl == 1 and g in s_.gfns for g, lvl, _ in leaves)]
+        choice = data.draw(st.integers(0, 3), label="which")
+        pool = (recoverable if choice >= 2 and recoverable else
+                mapped if choice >= 1 and mapped else slots)
+        s = data.draw(st.sampled_from(pool), label="slot")
         self._start("memslot", actor, slot=s.id, as_id=0,
                     flags=(s.flags & ~(1 << 16)) ^ KVM_MEM_LOG_DIRTY_PAGES, gfn=s.base_gfn,
                     npages=s.npages, hva=s.userspace_addr - 0x40000,
                     gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
+        if data.draw(st.booleans(), label="to_race"):
+            # disabling: up to huge-page recovery's race point; enabling: to completion
+            self._run_to(actor, frozenset({"TDP_RECOVER_HUGE"}))
+
+    def _x86_make_fixable(self, data: st.DataObject) -> None:
+        """Make a mapped page fixable by the fast page fault: age it (A/D bits off: access
+        tracking) or harvest its logged slot (GET write-protects the harvested pages)."""
+        vm = self.d.vm
+        geo = vm.arch.geo
+        mapped = {g for gfn, level, _ in self._mapped_leaves()
+                  for g in range(gfn, gfn + min(geo.pages(level), 4))}
+        pending = sorted(g for g in self._pending_access_gfns() if g in mapped)
+        gfn = data.draw(st.sampled_from(pending or sorted(mapped)), label="gfn")
+        slot = vm.memslots[0].search(gfn)
+        ways = []
+        if slot is not None and self._idle("mm", "host") and "age" in self.host_ops \
+                and not vm.config.ad_bits:
+            ways.append("age")
+        if slot is not None and slot.logging and self._idle("vmm", "dirty_log"):
+            ways.append("harvest")
+        if not ways or slot is None:
+            return
+        if data.draw(st.sampled_from(ways), label="how") == "age":
+            actor = self._actor(data, "mm")
+            self._start("clear_young", actor, hva=slot.gfn_to_hva(gfn) - 0x40000, npages=1)
+        else:
+            actor = self._actor(data, "vmm")
+            if vm.config.manual_protect:
+                self._start("clear_dirty_log", actor, slot=slot.id, first=0, num=slot.npages,
+                            mask=(1 << min(slot.npages, 64)) - 1)
+            else:
+                self._start("get_dirty_log", actor, slot=slot.id)
+        self._run_to(actor, frozenset())
+
+    def _recovery_candidates(self) -> list[int]:
+        """Slot ids where a dirty-logging cycle would give huge-page recovery work: mapped
+        pages that the host backs with a huge page."""
+        vm = self.d.vm
+        out = set()
+        for gfn, _, _ in self._mapped_leaves():
+            slot = vm.memslots[0].search(gfn)
+            if slot is not None and not slot.readonly and not slot.has_gmem \
+                    and vm.mm.host_pfn_mapping_level(slot.gfn_to_hva(gfn)) >= 2:
+                out.add(slot.id)
+        return sorted(out)
+
+    def _x86_prepare_recovery(self, data: st.DataObject) -> None:
+        """A dirty-logging cycle on a slot with huge-page-backed mapped pages: enable logging
+        (split, write-protect) unless it is on, then disable it and run up to huge-page
+        recovery's race point (a racing invalidation may follow)."""
+        actor = self._actor(data, "vmm")
+        vm = self.d.vm
+        s = vm.memslots[0].slots[data.draw(st.sampled_from(self._recovery_candidates()),
+                                           label="slot")]
+        for on in ((True, False) if not s.logging else (False,)):
+            flags = s.flags & ~(1 << 16)
+            flags = flags | KVM_MEM_LOG_DIRTY_PAGES if on else flags & ~KVM_MEM_LOG_DIRTY_PAGES
+            self._start("memslot", actor, slot=s.id, as_id=0, flags=flags, gfn=s.base_gfn,
+                        npages=s.npages, hva=s.userspace_addr - 0x40000, gmem_offset=-1)
+            self._run_to(actor, frozenset({"TDP_RECOVER_HUGE"}))
+            if vm.sched.actor(actor).busy:
+                break
+            s = vm.memslots[0].slots.get(s.id, s)
+        if (self._race_targets() and self._idle("mm", "host")
+                and any(op in self.host_ops for op in self._INVALIDATING)
+                and data.draw(st.booleans(), label="race_now")):
+            self._x86_racing_host_op(data)
+
+    def _fast_pf_candidates(self) -> list[int]:
+        """Mapped gfns a vCPU is about to touch (its pending access) or could touch (an idle
+        vCPU), in slots where the fast page fault can be made to matter."""
+        vm = self.d.vm
+        geo = vm.arch.geo
+        mapped = {g for gfn, level, _ in self._mapped_leaves()
+                  for g in range(gfn, gfn + min(geo.pages(level), 4))}
+        ok = {g for g in mapped if (s_ := vm.memslots[0].search(g)) is not None
+              and not s_.readonly and not s_.has_gmem}
+        can_fix = ((self._idle("mm", "host") and "age" in self.host_ops and not vm.config.ad_bits)
+                   or self._idle("vmm", "dirty_log"))
+        if not can_fix:
+            ok &= set(self._fixable())
+        pending = sorted(g for g in self._pending_access_gfns() if g in ok)
+        if pending:
+            return pending
+        return sorted(ok) if self._idle("vcpu") else []
+
+    def _x86_prepare_fast_pf(self, data: st.DataObject) -> None:
+        """The first half of a fast-page-fault race: make a mapped page fixable without mmu_lock
+        (age it without A/D bits; or write-protect it for dirty logging: enable logging, GET or
+        CLEAR), then let a vCPU fault on it and stop between its lockless read and its
+        cmpxchg (a racing host invalidation may follow)."""
+        vm = self.d.vm
+        gfn = data.draw(st.sampled_from(self._fast_pf_candidates()), label="gfn")
+        slot = vm.memslots[0].search(gfn)
+        assert slot is not None
+        if gfn not in self._fixable():
+            if self._idle("mm", "host") and "age" in self.host_ops and not vm.config.ad_bits:
+                actor = self._actor(data, "mm")
+                self._start("clear_young", actor, hva=slot.gfn_to_hva(gfn) - 0x40000, npages=1)
+            elif self._idle("vmm", "dirty_log"):
+                actor = self._actor(data, "vmm")
+                if not slot.logging:
+                    self._start("memslot", actor, slot=slot.id, as_id=0,
+                                flags=(slot.flags & ~(1 << 16)) | KVM_MEM_LOG_DIRTY_PAGES,
+                                gfn=slot.base_gfn, npages=slot.npages,
+                                hva=slot.userspace_addr - 0x40000, gmem_offset=-1)
+                elif vm.config.manual_protect:
+                    self._start("clear_dirty_log", actor, slot=slot.id, first=0, num=slot.npages,
+                                mask=(1 << min(slot.npages, 64)) - 1)
+                else:
+                    self._start("get_dirty_log", actor, slot=slot.id)
+            else:
+                return
+            self._run_to(actor, frozenset())
+        fixable = self._fixable()
+        if gfn not in fixable:
+            return
+        pending = [name for name, g in sorted(self._pending_accesses().items()) if g == gfn]
+        if pending:
+            vcpu = pending[0]
+        elif self._idle("vcpu"):
+            vcpu = self._actor(data, "vcpu")
+            self._start("access", vcpu, gfn=gfn, write=fixable[gfn],
+                        private=vm.kvm_mem_is_private(gfn), exec=False)
+        else:
+            return
+        self._run_to(vcpu, frozenset({"FAST_PF_CMPXCHG"}))
 
     def _x86_enable_manual_protect(self, data: st.DataObject) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), with or without INITIALLY_SET."""

@@ -131,13 +131,7 @@ KNOWN_DIVERGENCES: Final[dict[str, str]] = {
 # Failures of the correct model that are not kernel divergences (the model's own checks being
 # wrong): avoided the same way unless strict.
 KNOWN_MODEL_ISSUES: Final[dict[str, str]] = {
-    "d1-readonly-logged-huge":
-        "enabling LOG_DIRTY_PAGES (FLAGS_ONLY) on a READONLY slot that has a huge leaf: "
-        "kvm_mmu_slot_apply_flags() returns early for READONLY slots in the kernel and in "
-        "kvmfuzz/x86/mmu.py (no eager split, no write-protect: the leaf is read-only and "
-        "cannot be dirtied), but the invariant D1-huge-in-logged-slot "
-        "(invariants/x86.py check_huge_in_logged_slot, with eager_split) reports the "
-        "read-only huge leaf; it should skip READONLY slots",
+    # (none open; d1-readonly-logged-huge was fixed: D1 skips read-only leaves of READONLY slots)
 }
 
 
@@ -254,10 +248,6 @@ def _draw_slot_create(data: st.DataObject, w: World) -> Op:
     gpa = data.draw(st.sampled_from(GPA_STARTS), label="gpa")
     gpa += data.draw(st.sampled_from((0,) * 15 + (0x800,)), label="unaligned")
     flags = data.draw(st.sampled_from(GMEM_FLAGS if w.is_gmem(region) else FLAGS), label="flags")
-    new = SlotView(gpa, npages, region, region_page, flags)
-    if (old is not None and not w.strict and _ro_log_toggle(old.flags, flags)
-            and attrs.evolve(new, flags=old.flags) == old):
-        flags = old.flags  # known model issue: d1-readonly-logged-huge
     return MemslotCreate(slot, gpa, npages, region, region_page, flags)
 
 
@@ -266,17 +256,9 @@ def _new_gpa(data: st.DataObject, w: World, old: SlotView) -> int:
     return data.draw(st.sampled_from(GPA_STARTS), label="gpa")
 
 
-def _ro_log_toggle(old_flags: int, flags: int) -> bool:
-    """A FLAGS_ONLY update that toggles dirty logging of a READONLY slot."""
-    return bool(old_flags & flags & RO and (old_flags ^ flags) & LOG)
-
-
 def _new_flags(data: st.DataObject, w: World, old: SlotView) -> int:
     """New flags for ``old``: mostly a dirty-logging toggle."""
     flags: tuple[int, ...] = (*(old.flags ^ LOG,) * 5, *FLAGS)
-    if not w.strict:
-        flags = tuple(f for f in flags if not _ro_log_toggle(old.flags, f)) \
-            or (old.flags,)  # known model issue: d1-readonly-logged-huge
     return data.draw(st.sampled_from(flags), label="flags")
 
 
