@@ -191,6 +191,7 @@ class Driver:
         self.failure: ProtocolViolation | None = None
         self.failed_steps: tuple[Step, ...] = ()
         self._attempts0 = self.vm.sched.steps  # scheduler steps attempted during setup
+        self.observe: Callable[[Driver, TraceStep], None] = lambda d, t: None  # coverage hook
 
     # -- setup ----------------------------------------------------------------------------
     def _setup_slot(self, spec: SlotSpec) -> None:
@@ -300,6 +301,7 @@ class Driver:
 
     def _record(self, t: TraceStep) -> TraceStep:
         self.steps.append(Step("run", t.actor, reached=t.reached))
+        self.observe(self, t)
         if self.check:
             self._check_step(self.vm)
             if self.vm.sched.quiescent():

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 from hypothesis import event, note
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from kvmfuzz.config import VmConfig
 from kvmfuzz.driver import Driver, SlotSpec
@@ -50,9 +50,23 @@ WINDOW_POINTS = frozenset(p.name for p in (
 _RACE_POINTS = frozenset({"FAST_PF_CMPXCHG", "FAST_PF_MARK_DIRTY", "TDP_RECOVER_HUGE",
                           "TDP_MMU_YIELD", "AGE_SPTE"})
 
+# Where ``start_race`` stops the fault, and where it stops the invalidation racing it
+# (``DONE``: run it to its end). Order matters for shrinking: earlier entries are simpler.
+FAULT_WINDOWS = ("FAULT_PFN_RESOLVED", "FAULT_SEQ_SNAPSHOT", "FAULT_BEFORE_MMU_LOCK", "FAULT_GUP",
+                 "FAULT_GMEM_GET_PFN", "TDP_MAP_STEP_DOWN")
+RACE_STOPS = {
+    "host": ("DONE", "HOST_PTE_CHANGE", "MN_START_COUNTED", "MN_END_BEFORE_COUNT"),
+    "memslot": ("DONE", "SYNCHRONIZE_SRCU", "SWAP_WAIT_MN_ACTIVE", "TDP_MMU_YIELD"),
+    "attributes": ("DONE", "ATTR_STORE"),
+    "punch_hole": ("DONE", "GMEM_TRUNCATE"),
+}
+
 HOST_OPS = ("dontneed", "munmap", "mmap", "mprotect", "migrate", "thp_split", "thp_collapse",
             "age", "host_write")
 FAMILIES = ("host", "memslot", "attributes", "punch_hole", "dirty_log", "zap_gfn_range")
+# (strategies are immutable values: built once, drawn from in every example)
+_FAMILIES_OFF = st.tuples(*(st.booleans() for _ in FAMILIES))
+_HOST_OPS_OFF = st.tuples(*(st.booleans() for _ in HOST_OPS))
 
 
 class KvmMachine(RuleBasedStateMachine):
@@ -60,12 +74,14 @@ class KvmMachine(RuleBasedStateMachine):
     plain: bool = False
     private_mem: bool | None = None
     stats: Stats | None = None
+    observe_steps: Any = None  # Driver.observe for every example (staticmethod; coverage)
 
     def __init__(self) -> None:
         super().__init__()
         self.driver: Driver | None = None
         self.families: frozenset[str] = frozenset()
         self.host_ops: tuple[str, ...] = ()
+        self.seen_events: set[str] = set()  # the model's protocol events so far (ghost.event)
 
     # -- setup ----------------------------------------------------------------------------
     @initialize(data=st.data())
@@ -73,14 +89,18 @@ class KvmMachine(RuleBasedStateMachine):
         config: VmConfig = data.draw(vm_configs(self.bug, self.private_mem), label="config")
         layout: tuple[SlotSpec, ...] = data.draw(memslot_layouts(config.private_mem), label="slots")
         self.driver = Driver(config, layout)
+        self.driver.observe = self.observe_steps or self.driver.observe
         if self.plain:
             self.families, self.host_ops = frozenset(FAMILIES), HOST_OPS
         else:
-            # Swarm testing: each example runs a drawn subset of the operation families.
-            self.families = frozenset(data.draw(
-                st.sets(st.sampled_from(FAMILIES), min_size=1), label="families"))
-            self.host_ops = tuple(sorted(data.draw(
-                st.sets(st.sampled_from(HOST_OPS), min_size=1), label="host_ops")))
+            # Swarm testing: each example switches off a drawn subset of the operation families
+            # (and of the host mm operations); none left = all on, which is what shrinking
+            # moves toward (False = not switched off).
+            off = data.draw(_FAMILIES_OFF, label="families_off")
+            self.families = frozenset(f for f, o in zip(FAMILIES, off, strict=True) if not o) \
+                or frozenset(FAMILIES)
+            off = data.draw(_HOST_OPS_OFF, label="host_ops_off")
+            self.host_ops = tuple(o for o, x in zip(HOST_OPS, off, strict=True) if not x) or HOST_OPS
         note(f"config {config}")
         note("slots " + ", ".join(f"{s}" for s in layout))
         if self.stats is not None:
@@ -154,7 +174,13 @@ class KvmMachine(RuleBasedStateMachine):
         actor = self._actor(data, "vcpu")
         gfn = self._gfn(data)
         write = data.draw(st.booleans(), label="write")
-        private = self.d.vm.config.private_mem and data.draw(st.booleans(), label="private")
+        # the access is private as the gfn's attribute says, but 1 time in 8 the other way (a
+        # private/shared mismatch exits to userspace with KVM_EXIT_MEMORY_FAULT)
+        private = self.d.vm.kvm_mem_is_private(gfn)
+        if self.d.vm.config.private_mem and not self.plain:
+            private ^= data.draw(st.integers(0, 7), label="mismatch") == 7
+        elif self.d.vm.config.private_mem:
+            private = data.draw(st.booleans(), label="private")
         exec_ = not write and data.draw(st.integers(0, 7), label="exec") == 7  # 1 fetch in 8 reads
         self._start("access", actor, gfn=gfn, write=write, private=private, exec=exec_)
 
@@ -197,7 +223,9 @@ class KvmMachine(RuleBasedStateMachine):
             used = {s.id for s in slots}
             slot = data.draw(st.sampled_from([i for i in range(4) if i not in used] or [0]),
                              label="slot")
-            gfn = draw_near(data, [100, 112, 128, 144], 0, 200, "gfn")
+            # near the fixed spots, or where something happened lately (an MMIO fault's gfn)
+            gfn = draw_near(data, [100, 112, 128, 144, *(() if self.plain else self._hot_gfns())],
+                            0, 200, "gfn")
             npages = data.draw(st.integers(1, 24), label="npages")
             hva = draw_near(data, [gfn, 160, gfn + 1], 0, 232, "hva")
             flags = data.draw(st.sampled_from([0, 0, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY]),
@@ -228,6 +256,169 @@ class KvmMachine(RuleBasedStateMachine):
         actor = self._actor(data, "vmm")
         slot = data.draw(st.integers(0, 3), label="slot")
         self._start("get_dirty_log", actor, slot=slot)
+
+    # -- the protocol's race, set up in one rule ---------------------------------------------------
+    def _invalidators(self, gfn: int) -> list[str]:
+        """The kinds of invalidation of ``gfn`` that can start now (enabled family, idle actor)."""
+        vm = self.d.vm
+        slot = vm.memslots[0].search(gfn)
+        out = []
+        if (slot is not None and self._idle("mm", "host")
+                and any(op in self.host_ops for op in self._INVALIDATING)):
+            out.append("host")
+        if self._idle("vmm", "memslot"):
+            out.append("memslot")
+        if vm.config.private_mem and self._idle("vmm", "attributes"):
+            out.append("attributes")
+        if vm.config.private_mem and slot is not None and slot.has_gmem \
+                and self._idle("vmm", "punch_hole"):
+            out.append("punch_hole")
+        return out
+
+    def _race_possible(self) -> bool:
+        return (self.driver is not None and not self.plain and self._idle("vcpu")
+                and any(self._invalidators(g) for g in self._hot_gfns()))
+
+    @precondition(lambda self: self._race_possible())
+    @rule(data=st.data())
+    def start_race(self, data: st.DataObject) -> None:
+        """The race the protocol exists for, in one rule, either way round.
+
+        Fault first: a vCPU fault on gfn G stopped at one of its windows (``FAULT_WINDOWS``),
+        then an invalidation of G — a host mm operation over G's hva, a memslot DELETE / MOVE /
+        flags change of G's slot, an attribute change or a guest_memfd hole punch over G — run
+        to one of its windows or to its end, then the fault maybe resumed to its end.
+        Invalidation first: the invalidation of G stopped at one of its windows, then a fault
+        on G or a neighbour in G's huge frame run to its end, then the invalidation maybe
+        resumed. (Protocol-aware generation: the plain machine has no such rule.) Every part is
+        an ordinary start or run step of the schedule."""
+        vm = self.d.vm
+        hot = [g for g in self._hot_gfns() if self._invalidators(g)]
+        gfn = data.draw(st.sampled_from(hot), label="gfn")
+        if data.draw(st.booleans(), label="invalidation_first"):
+            self._race_fault_inside(data, gfn)
+            return
+        vcpu = self._race_access(data, gfn)
+        window = data.draw(st.sampled_from(FAULT_WINDOWS), label="window")
+        self._run_to(vcpu, frozenset({window}))
+        if not vm.sched.actor(vcpu).busy:
+            return  # the access did not fault (TLB hit, spurious) or the fault ended early
+        self._race_invalidate(data, vcpu, gfn)
+
+    def _race_access(self, data: st.DataObject, gfn: int) -> str:
+        """Start a guest access of ``gfn`` as the attributes say (1 in 8 the other way)."""
+        vm = self.d.vm
+        vcpu = self._actor(data, "vcpu")
+        write = data.draw(st.booleans(), label="write")
+        private = vm.kvm_mem_is_private(gfn)
+        if vm.config.private_mem and data.draw(st.integers(0, 7), label="flip_private") == 7:
+            private = not private
+        self._start("access", vcpu, gfn=gfn, write=write, private=private, exec=False)
+        return vcpu
+
+    def _race_fault_inside(self, data: st.DataObject, gfn: int) -> None:
+        """An invalidation of ``gfn`` stopped in its window, a fault on ``gfn`` or a gfn of its
+        huge frame run to the end inside it, then the invalidation maybe resumed."""
+        vm = self.d.vm
+        kind = data.draw(st.sampled_from(self._invalidators(gfn)), label="invalidation")
+        actor = getattr(self, f"_race_{kind}")(data, gfn)
+        if actor is None:
+            return
+        stop = data.draw(st.sampled_from(RACE_STOPS[kind][1:]), label="stop")
+        self._run_to(actor, frozenset({stop}))
+        if not vm.sched.actor(actor).busy or not self._idle("vcpu"):
+            return
+        pages = vm.arch.geo.pages(2)
+        frame = gfn - gfn % pages
+        near = sorted({gfn, gfn - 1, gfn + 1, frame, frame + pages - 1} & set(range(vm.arch.geo.max_gfn)))
+        target = data.draw(st.sampled_from(near), label="fault_gfn")
+        vcpu = self._race_access(data, target)
+        self._run_to(vcpu, frozenset())
+        if data.draw(st.booleans(), label="resume"):
+            self._run_to(actor, frozenset())
+
+    def _race_invalidate(self, data: st.DataObject, victim: str, gfn: int) -> None:
+        """The second half of a race: ``victim`` is stopped inside its window working on
+        ``gfn``; start an invalidation of ``gfn``, run it to a drawn stop (``RACE_STOPS``),
+        then maybe let the victim run on to its end."""
+        kinds = self._invalidators(gfn)
+        if not kinds:
+            return
+        kind = data.draw(st.sampled_from(kinds), label="invalidation")
+        actor = getattr(self, f"_race_{kind}")(data, gfn)
+        if actor is None:
+            return
+        stop = data.draw(st.sampled_from(RACE_STOPS[kind]), label="stop")
+        self._run_to(actor, frozenset({stop}))
+        if data.draw(st.booleans(), label="resume"):
+            self._run_to(victim, frozenset())
+
+    def _race_host(self, data: st.DataObject, gfn: int) -> str:
+        slot = self.d.vm.memslots[0].search(gfn)
+        assert slot is not None
+        actor = self._actor(data, "mm")
+        op = data.draw(st.sampled_from([o for o in self._INVALIDATING if o in self.host_ops]),
+                       label="op")
+        hva = slot.gfn_to_hva(gfn) - 0x40000
+        args: dict[str, Any] = {"hva": hva}
+        if op in ("dontneed", "munmap", "mprotect"):
+            args["npages"] = data.draw(st.integers(1, 4), label="npages")
+        if op == "mprotect":
+            args["writable"] = False
+        self._start(op, actor, **args)
+        return actor
+
+    def _race_memslot(self, data: st.DataObject, gfn: int) -> str:
+        actor = self._actor(data, "vmm")
+        vm = self.d.vm
+        s = vm.memslots[0].search(gfn)
+        if s is None:  # a slot appearing under the fault (the MMIO / noslot path)
+            used = {x.id for x in vm.memslots[0].ordered()}
+            free = [i for i in range(4) if i not in used]
+            if not free:
+                return self._race_memslot_existing(data, actor, vm.memslots[0].ordered()[0])
+            self._start("memslot", actor, slot=free[0], as_id=0, flags=0, gfn=gfn, npages=1,
+                        hva=gfn, gmem_offset=-1)
+            return actor
+        return self._race_memslot_existing(data, actor, s)
+
+    def _race_memslot_existing(self, data: st.DataObject, actor: str, s: Any) -> str:
+        kind = data.draw(st.sampled_from(["delete", "move", "log"]), label="kind")
+        flags = s.flags & ~(1 << 16)
+        gfn, npages = s.base_gfn, s.npages
+        if kind == "delete":
+            npages = 0
+        elif kind == "move":
+            gfn = s.base_gfn + data.draw(st.sampled_from([4, -4, 16]), label="by")
+        else:
+            flags ^= KVM_MEM_LOG_DIRTY_PAGES
+        self._start("memslot", actor, slot=s.id, as_id=0, flags=flags, gfn=max(gfn, 0),
+                    npages=npages, hva=s.userspace_addr - 0x40000,
+                    gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
+        return actor
+
+    def _race_attributes(self, data: st.DataObject, gfn: int) -> str:
+        actor = self._actor(data, "vmm")
+        n = data.draw(st.integers(1, 4), label="npages")
+        self._start("set_attributes", actor, start=gfn, end=gfn + n,
+                    private=not self.d.vm.kvm_mem_is_private(gfn))
+        return actor
+
+    def _race_punch_hole(self, data: st.DataObject, gfn: int) -> str | None:
+        n = data.draw(st.integers(1, 4), label="npages")
+        vm = self.d.vm
+        if (not all(vm.kvm_mem_is_private(g) for g in range(gfn, gfn + n))
+                and self._idle("vmm", "attributes")):
+            # a hole punch races private faults: convert the range to private first (run to
+            # its end), so that the fault the race needs goes to guest_memfd
+            actor = self._actor(data, "vmm")
+            self._start("set_attributes", actor, start=gfn, end=gfn + n, private=True)
+            self._run_to(actor, frozenset())
+            if not self._idle("vmm"):
+                return None  # the conversion blocked (e.g. behind a memslot update)
+        actor = self._actor(data, "vmm")
+        self._start("punch_hole", actor, start=gfn, end=gfn + n)
+        return actor
 
     # -- x86: protocol-aware races (fast page fault, huge-page recovery) --------------------------
     _INVALIDATING = ("dontneed", "munmap", "mprotect", "migrate", "thp_split", "thp_collapse")
@@ -315,7 +506,6 @@ class KvmMachine(RuleBasedStateMachine):
             if not sched.is_runnable(a):
                 return
             t = self.d.run_actor(actor)
-            note(f"  {t.actor} {t.op} → {t.reached}")
             self._account(t.reached)
             if t.reached in points:
                 return
@@ -323,7 +513,7 @@ class KvmMachine(RuleBasedStateMachine):
     def _x86_race_kinds(self) -> list[str]:
         """The x86 race set-ups possible now (rare and short-lived: they get a rule of their
         own, so that they are taken when they appear)."""
-        if self.driver is None:
+        if self.driver is None or self.plain:
             return []
         kinds = []
         if self._fast_pf_candidates():
@@ -354,7 +544,27 @@ class KvmMachine(RuleBasedStateMachine):
                 kinds.append("toggle_dirty_logging")
             if not vm.config.manual_protect and not any(s.logging for s in vm.memslots[0].ordered()):
                 kinds.append("enable_manual_protect")
+        if (not self.plain and self._idle("vmm", "memslot") and vm.memslots[0].slots
+                and "spte.install.mmio" in self.seen_events):
+            kinds.append("memslot_churn")
         return kinds
+
+    def _x86_memslot_churn(self, data: st.DataObject) -> None:
+        """Memslot updates back to back, each run to its end (a VMM toggling dirty logging on a
+        slot, as live migration does): the memslot generation moves by one per update, which
+        with a narrow ``mmio_gen_bits`` wraps the generation MMIO SPTEs are stamped with.
+        Offered once an MMIO SPTE was installed (protocol-aware: plain machines do not)."""
+        actor = self._actor(data, "vmm")
+        s = data.draw(st.sampled_from(self.d.vm.memslots[0].ordered()), label="slot")
+        for _ in range(data.draw(st.integers(1, 4), label="updates")):
+            s = self.d.vm.memslots[0].slots.get(s.id, s)
+            self._start("memslot", actor, slot=s.id, as_id=0,
+                        flags=(s.flags & ~(1 << 16)) ^ KVM_MEM_LOG_DIRTY_PAGES, gfn=s.base_gfn,
+                        npages=s.npages, hva=s.userspace_addr - 0x40000,
+                        gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
+            self._run_to(actor, frozenset())
+            if self.d.vm.sched.actor(actor).busy or s.id not in self.d.vm.memslots[0].slots:
+                return
 
     @precondition(lambda self: bool(self._x86_kinds()))
     @rule(data=st.data())
@@ -511,25 +721,54 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(actor, frozenset())
 
     def _recovery_candidates(self) -> list[int]:
-        """Slot ids where a dirty-logging cycle would give huge-page recovery work: mapped
-        pages that the host backs with a huge page."""
+        """Slot ids where a dirty-logging cycle would give huge-page recovery work: THP-backed,
+        writable, not guest_memfd, at least one huge frame (its pages are faulted in first
+        when none is mapped yet)."""
         vm = self.d.vm
-        out = set()
-        for gfn, _, _ in self._mapped_leaves():
-            slot = vm.memslots[0].search(gfn)
-            if slot is not None and not slot.readonly and not slot.has_gmem \
-                    and vm.mm.host_pfn_mapping_level(slot.gfn_to_hva(gfn)) >= 2:
-                out.add(slot.id)
-        return sorted(out)
+        if not vm.config.thp:
+            return []
+        out = []
+        for slot in vm.memslots[0].ordered():
+            if slot.readonly or slot.has_gmem or slot.invalid:
+                continue
+            if self._frames(slot) and (self._idle("vcpu") or any(
+                    g in slot.gfns for g, _, _ in self._mapped_leaves())):
+                out.append(slot.id)
+        return out
+
+    def _frames(self, slot: Any) -> list[int]:
+        """The first gfns of the huge frames wholly inside ``slot`` whose hvas line up."""
+        pages = self.d.vm.arch.geo.pages(2)
+        first = -(-slot.base_gfn // pages) * pages
+        return [g for g in range(first, slot.base_gfn + slot.npages - pages + 1, pages)
+                if slot.gfn_to_hva(g) % pages == 0]
+
+    def _ensure_mapped(self, data: st.DataObject, gfn: int) -> bool:
+        """Fault ``gfn`` in (an idle vCPU writes it, run to the end) unless a leaf maps it."""
+        geo = self.d.vm.arch.geo
+        if any(g <= gfn < g + geo.pages(lvl) for g, lvl, _ in self._mapped_leaves()):
+            return True
+        if not self._idle("vcpu"):
+            return False
+        vcpu = self._actor(data, "vcpu")
+        self._start("access", vcpu, gfn=gfn, write=True, private=False, exec=False)
+        self._run_to(vcpu, frozenset())
+        return not self.d.vm.sched.actor(vcpu).busy
 
     def _x86_prepare_recovery(self, data: st.DataObject) -> None:
-        """A dirty-logging cycle on a slot with huge-page-backed mapped pages: enable logging
-        (split, write-protect) unless it is on, then disable it and run up to huge-page
-        recovery's race point (a racing invalidation may follow)."""
-        actor = self._actor(data, "vmm")
+        """A dirty-logging cycle on a THP-backed slot: fault a page of a huge frame in if none is
+        mapped, enable logging (split, write-protect) unless it is on, then disable it and run
+        up to huge-page recovery's race point (a racing invalidation may follow)."""
         vm = self.d.vm
         s = vm.memslots[0].slots[data.draw(st.sampled_from(self._recovery_candidates()),
                                            label="slot")]
+        if not any(g in s.gfns for g, _, _ in self._mapped_leaves()):
+            gfn = data.draw(st.sampled_from(self._frames(s)), label="frame")
+            if not self._ensure_mapped(data, gfn):
+                return
+        if not self._idle("vmm", "dirty_log"):
+            return
+        actor = self._actor(data, "vmm")
         for on in ((True, False) if not s.logging else (False,)):
             flags = s.flags & ~(1 << 16)
             flags = flags | KVM_MEM_LOG_DIRTY_PAGES if on else flags & ~KVM_MEM_LOG_DIRTY_PAGES
@@ -539,10 +778,15 @@ class KvmMachine(RuleBasedStateMachine):
             if vm.sched.actor(actor).busy:
                 break
             s = vm.memslots[0].slots.get(s.id, s)
-        if (self._race_targets() and self._idle("mm", "host")
-                and any(op in self.host_ops for op in self._INVALIDATING)
-                and data.draw(st.booleans(), label="race_now")):
-            self._x86_racing_host_op(data)
+        recovering = vm.arch.ghost.recovering.get(actor)
+        if recovering is None:
+            return
+        # recovery stopped before building the huge SPTE; maybe let it build and drop
+        # mmu_lock (TDP_MMU_YIELD) first, then race an invalidation of the frame against it
+        window = data.draw(st.sampled_from(("TDP_RECOVER_HUGE", "TDP_MMU_YIELD")), label="window")
+        if window != "TDP_RECOVER_HUGE":
+            self._run_to(actor, frozenset({window}))
+        self._race_invalidate(data, actor, recovering[1])
 
     def _fast_pf_candidates(self) -> list[int]:
         """Mapped gfns a vCPU is about to touch (its pending access) or could touch (an idle
@@ -551,10 +795,12 @@ class KvmMachine(RuleBasedStateMachine):
         geo = vm.arch.geo
         mapped = {g for gfn, level, _ in self._mapped_leaves()
                   for g in range(gfn, gfn + min(geo.pages(level), 4))}
-        ok = {g for g in mapped if (s_ := vm.memslots[0].search(g)) is not None
-              and not s_.readonly and not s_.has_gmem}
         can_fix = ((self._idle("mm", "host") and "age" in self.host_ops and not vm.config.ad_bits)
                    or self._idle("vmm", "dirty_log"))
+        if not mapped and can_fix and self._idle("vcpu"):
+            mapped = set(self._hot_gfns())  # a page is faulted in first
+        ok = {g for g in mapped if (s_ := vm.memslots[0].search(g)) is not None
+              and not s_.readonly and not s_.has_gmem}
         if not can_fix:
             ok &= set(self._fixable())
         pending = sorted(g for g in self._pending_access_gfns() if g in ok)
@@ -571,6 +817,8 @@ class KvmMachine(RuleBasedStateMachine):
         gfn = data.draw(st.sampled_from(self._fast_pf_candidates()), label="gfn")
         slot = vm.memslots[0].search(gfn)
         assert slot is not None
+        if not self._ensure_mapped(data, gfn):
+            return
         if gfn not in self._fixable():
             if self._idle("mm", "host") and "age" in self.host_ops and not vm.config.ad_bits:
                 actor = self._actor(data, "mm")
@@ -602,7 +850,10 @@ class KvmMachine(RuleBasedStateMachine):
                         private=vm.kvm_mem_is_private(gfn), exec=False)
         else:
             return
-        self._run_to(vcpu, frozenset({"FAST_PF_CMPXCHG"}))
+        window = data.draw(st.sampled_from(("FAST_PF_CMPXCHG", "FAST_PF_MARK_DIRTY")), label="window")
+        self._run_to(vcpu, frozenset({window}))
+        if vm.sched.actor(vcpu).busy:
+            self._race_invalidate(data, vcpu, gfn)
 
     def _x86_enable_manual_protect(self, data: st.DataObject) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2), with or without INITIALLY_SET."""
@@ -612,7 +863,6 @@ class KvmMachine(RuleBasedStateMachine):
 
     def _start(self, op: str, actor: str, **args: Any) -> None:
         self.d.start(op, actor, **args)
-        note(str(self.d.steps[-1]))
         if self.stats is not None:
             self.stats.starts[op] = self.stats.starts.get(op, 0) + 1
 
@@ -641,13 +891,13 @@ class KvmMachine(RuleBasedStateMachine):
             to_window = False
         for _ in range(64 if to_window else steps):
             t = self.d.run_actor(actor.name)
-            note(f"  {t.actor} {t.op} → {t.reached}")
             self._account(t.reached)
             if not sched.is_runnable(actor) or (to_window and t.reached in WINDOW_POINTS):
                 break
 
     def _account(self, reached: str) -> None:
         events = self.d.drain_events()
+        self.seen_events.update(events)
         for e in events:
             event(e)
         if self.stats is not None:
@@ -656,17 +906,24 @@ class KvmMachine(RuleBasedStateMachine):
             for e in events:
                 self.stats.events[e] = self.stats.events.get(e, 0) + 1
 
-    @invariant()
-    def no_pending_warning(self) -> None:
-        """Invariants run inside the driver after every step; this only keeps Hypothesis honest."""
-
     def teardown(self) -> None:
+        """Run every started operation to its end (fewest switches), then note the schedule.
+
+        (Invariants run inside the driver after every step, so the machine has no
+        ``@invariant``; the schedule is noted once here rather than step by step, which costs
+        Hypothesis a settings lookup per note. Hypothesis prints it for the failing example.)"""
         if self.driver is None:
             return
         before = len(self.d.steps)
-        self.d.finish()
-        if self.stats is not None:
-            self.stats.steps += len(self.d.steps) - before
+        try:
+            if self.d.failure is None:
+                # (after a violation inside a rule, running on would only chain a second
+                # exception to it: Hypothesis would see another failure and shrink less well)
+                self.d.finish()
+        finally:
+            note("schedule:\n" + "\n".join(f"  {s}" for s in self.d.steps))
+            if self.stats is not None:
+                self.stats.steps += len(self.d.steps) - before
 
 
 def make_machine(bug: str | None = None, *, plain: bool = False, stats: Stats | None = None,

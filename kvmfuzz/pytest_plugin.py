@@ -15,6 +15,11 @@ progress line is printed every few seconds; the terminal summary lists every dis
 with its corpus file and replay command. With pytest-xdist (``-n K``) the campaign is split in
 K shards with distinct seeds (``seed + k * SHARD_SEED_STRIDE``), one per worker, and the
 controller merges their results.
+
+Protocol coverage (kvmfuzz.coverage): every campaign ends with a table per area (points, outcomes,
+interleaving pairs, branches) and what was never reached; ``--kvmfuzz-coverage-report=DIR`` also
+measures branch coverage of the model (coverage.py, started before the model is imported) and
+writes ``DIR/coverage.json`` and ``DIR/index.html``, merging the reports of xdist workers.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ _RAW = pytest.StashKey[dict[str, str]]()
 _RESULTS = pytest.StashKey[list[Any]]()  # CampaignResult objects (this process)
 _MERGED = pytest.StashKey[list[dict[str, Any]]]()  # results reported by xdist workers
 WORKER_KEY = "kvmfuzz_campaigns"
+_BRANCHES = pytest.StashKey[Any]()  # kvmfuzz.coverage.BranchCollector (coverage report only)
+_BRANCH_FILES = pytest.StashKey[list[Any]]()  # FileBranches: this process's and the workers'
+BRANCH_KEY = "kvmfuzz_branches"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for opt in OPTIONS:
         group.addoption(f"--kvmfuzz-{opt.name}", default=None, help=opt.help)
         parser.addini(f"kvmfuzz_{opt.name}", opt.help, default=opt.default)
+    group.addoption("--kvmfuzz-coverage-report", default=None, metavar="DIR",
+                    help="measure branch coverage of the model too and write DIR/coverage.json and "
+                    "DIR/index.html (protocol coverage of campaigns)")
 
 
 def _raw(config: pytest.Config, name: str) -> tuple[str, str]:
@@ -51,6 +62,7 @@ def _raw(config: pytest.Config, name: str) -> tuple[str, str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _start_branch_coverage(config)  # first: before the model is imported
     opts: dict[str, Any] = {}
     raw: dict[str, str] = {}
     for opt in OPTIONS:
@@ -151,6 +163,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None and _RESULTS in config.stash:
         workeroutput[WORKER_KEY] = [r.to_json() for r in config.stash[_RESULTS]]
+    branches = config.stash.get(_BRANCHES, None)
+    if branches is not None:
+        config.stash[_BRANCH_FILES].extend(branches.stop())
+        if workeroutput is not None:
+            workeroutput[BRANCH_KEY] = [f.to_json() for f in config.stash[_BRANCH_FILES]]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -158,6 +175,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     """xdist controller: collect each worker's campaign results."""
     output = getattr(node, "workeroutput", None) or {}
     node.config.stash[_MERGED].extend(output.get(WORKER_KEY, []))
+    if output.get(BRANCH_KEY):
+        from kvmfuzz.coverage import FileBranches
+        node.config.stash[_BRANCH_FILES].extend(FileBranches.from_json(f) for f in output[BRANCH_KEY])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -173,6 +193,42 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for line in merged.summary():
         terminalreporter.write_line(line)
     terminalreporter.write_line(f"rerun: {recipe(config)}")
+    _coverage_summary(terminalreporter, parts)
+
+
+def _start_branch_coverage(config: pytest.Config) -> None:
+    """With --kvmfuzz-coverage-report: validate DIR and start measuring the model's branches."""
+    config.stash[_BRANCH_FILES] = []
+    out = config.getoption("--kvmfuzz-coverage-report")
+    if out is None:
+        return
+    if not out or (Path(out).exists() and not Path(out).is_dir()):
+        raise pytest.UsageError(f"--kvmfuzz-coverage-report={out!r}: expected a directory")
+    try:
+        from kvmfuzz.coverage import BranchCollector
+        config.stash[_BRANCHES] = BranchCollector().start()
+    except ImportError as exc:
+        raise pytest.UsageError(f"--kvmfuzz-coverage-report: needs the coverage package ({exc})") from None
+
+
+def _coverage_summary(reporter: pytest.TerminalReporter, parts: list[dict[str, Any]]) -> None:
+    """The merged protocol coverage of every campaign (and shard): table, optional report."""
+    from kvmfuzz.coverage import CoverageReport, merge_reports, terminal_lines, write_report
+    reports = [CoverageReport.from_json(p["coverage"]) for p in parts if p.get("coverage")]
+    if not reports:
+        return
+    config = reporter.config
+    merged = merge_reports(reports)
+    out = config.getoption("--kvmfuzz-coverage-report")
+    if out:
+        files: list[Any] = config.stash[_BRANCH_FILES]
+        merged = merged.with_files(files)
+    reporter.section("kvmfuzz coverage")
+    for line in terminal_lines(merged):
+        reporter.write_line(line)
+    if out:
+        json_path, html_path = write_report(merged, out)
+        reporter.write_line(f"coverage report: {html_path} (data: {json_path})")
 
 
 def corpus_dir(config: pytest.Config) -> Path:

@@ -7,14 +7,18 @@ huge-frame boundaries and whatever an in-flight operation is touching.
 
 from __future__ import annotations
 
+from functools import cache
+
 from hypothesis import strategies as st
 
 from kvmfuzz.config import VmConfig
 from kvmfuzz.driver import SlotSpec
 
 
+@cache  # strategies are immutable; building one per example costs more than drawing from it
 def vm_configs(bug: str | None = None, private_mem: bool | None = None) -> st.SearchStrategy[VmConfig]:
-    """VM configurations: 1-3 vCPUs, A/D on/off, THP on/off, private memory, zap-all quirk."""
+    """VM configurations: 1-3 vCPUs, A/D on/off, THP on/off, private memory, zap-all quirk,
+    eager huge-page splitting on/off (for dirty logging)."""
     return st.builds(
         VmConfig,
         nr_vcpus=st.integers(1, 3),
@@ -23,6 +27,7 @@ def vm_configs(bug: str | None = None, private_mem: bool | None = None) -> st.Se
         thp=st.booleans(),
         private_mem=st.booleans() if private_mem is None else st.just(private_mem),
         slot_zap_all=st.booleans(),
+        eager_split=st.booleans(),
         mmio_gen_bits=st.sampled_from([19, 2]),
         bug=st.just(bug),
     )
@@ -43,6 +48,7 @@ _GMEM_LAYOUTS: tuple[tuple[SlotSpec, ...], ...] = (
 )
 
 
+@cache
 def memslot_layouts(private_mem: bool) -> st.SearchStrategy[tuple[SlotSpec, ...]]:
     return st.sampled_from(_GMEM_LAYOUTS if private_mem else _LAYOUTS)
 

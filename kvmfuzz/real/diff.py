@@ -5,8 +5,7 @@ Python model (``ModelBackend``) and on the kernel (``KvmBackend``), compared aft
 runs generated schedules of ``K`` ops (default 60) until ``N`` of them had at least 50 ops
 (Hypothesis also runs shorter ones, and ends schedules early while shrinking), prints
 schedules, operations, operations/s and mismatches, and stops at the first mismatch: it is
-shrunk by Hypothesis, then by ``minimize`` (op deletion by replay: Hypothesis's shrink budget
-can run out on 60-op schedules) and saved as a ``kvmfuzz-diff/1`` file (diffcase.py) in DIR.
+shrunk by Hypothesis and saved as a ``kvmfuzz-diff/1`` file (diffcase.py) in DIR.
 ``python -m kvmfuzz real replay FILE [--bug NAME]`` re-runs a saved case on both backends.
 ``--bug`` plants a model bug (model_backend.MODEL_BUGS, or any of kvmfuzz.bugs).
 
@@ -53,7 +52,7 @@ from kvmfuzz.errors import InvalidArgument, KvmfuzzError
 from kvmfuzz.real.backend import Backend
 from kvmfuzz.real.compare import Comparator, Mismatch, compare
 from kvmfuzz.real.diffcase import DiffCase, load_case, save_case
-from kvmfuzz.real.diffreplay import minimize, replay
+from kvmfuzz.real.diffreplay import replay
 from kvmfuzz.real.kmsg import KernelLog
 from kvmfuzz.real.model_backend import MODEL_BUGS, ModelBackend, known_bugs
 from kvmfuzz.real.ops import (
@@ -87,7 +86,7 @@ from kvmfuzz.real.ops import (
 )
 
 __all__ = ["KNOWN_DIVERGENCES", "KNOWN_MODEL_ISSUES", "CampaignResult", "DiffMismatch", "Mismatch", "compare",
-           "main", "make_machine", "minimize", "replay", "run_campaign"]
+           "main", "make_machine", "replay", "run_campaign"]
 
 PAGE: Final = 4096
 GPA_BASE: Final = 0x100000
@@ -514,10 +513,10 @@ def diff_settings(schedules: int, steps: int) -> settings:
 def run_campaign(real: Backend, model: ModelBackend, schedules: int, *,
                  steps: int = DEFAULT_STEPS, seed_: int | None = None,
                  out: str | Path | None = None, strict: bool = False,
-                 kernel_log: bool = True, minimize_: bool = True) -> CampaignResult:
+                 kernel_log: bool = True) -> CampaignResult:
     """Run generated schedules on both backends until ``schedules`` of them had at least
     ``min(FULL_OPS, steps)`` ops (Hypothesis also runs shorter ones), or until a mismatch,
-    which is shrunk (Hypothesis, then ``minimize``) and saved into ``out``. ``seed_`` makes
+    which Hypothesis shrinks, and which is saved into ``out``. ``seed_`` makes
     the run deterministic (round ``k`` of examples uses seed ``seed_ + k``)."""
     ctx = DiffContext(real, model, DiffStats(), Recorder(), strict, KernelLog(kernel_log))
     full_at = min(FULL_OPS, steps)
@@ -541,8 +540,6 @@ def run_campaign(real: Backend, model: ModelBackend, schedules: int, *,
         if ctx.klog is not None:
             ctx.klog.close()
     case = ctx.recorder.last
-    if case is not None and minimize_:
-        case = minimize(case, real, model)
     seconds = time.perf_counter() - start
     saved = save_case(case, out) if case is not None and out is not None else None
     return CampaignResult(ctx.stats.schedules, ctx.stats.operations, seconds, case, saved,

@@ -1,20 +1,17 @@
 """Replaying a differential case without Hypothesis: ``replay`` runs a case's ops on the model
-and on the kernel again and compares them (compare.py); ``minimize`` deletes ops from a
-mismatching case while it still ends in the same kind of mismatch (the last shrinking pass of
-a campaign, after Hypothesis's own)."""
+and on the kernel again and compares them (compare.py). (Shrinking is Hypothesis's alone: the
+campaign saves the case its shrinker ends with.)"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import attrs
 
 from kvmfuzz.errors import InvalidArgument, KvmfuzzError
 from kvmfuzz.real.backend import Backend
 from kvmfuzz.real.compare import Comparator, Mismatch
 from kvmfuzz.real.diffcase import DiffCase
 from kvmfuzz.real.model_backend import ModelBackend
-from kvmfuzz.real.ops import Observation, Op, Outcome
+from kvmfuzz.real.ops import Observation, Outcome
 
 
 def replay(case: DiffCase, real: Backend, model: ModelBackend,
@@ -50,44 +47,3 @@ def replay(case: DiffCase, real: Backend, model: ModelBackend,
             break
     return DiffCase(case.config, case.ops[:len(real_out)], tuple(model_out), tuple(real_out),
                     mismatch, model.bug)
-
-
-def _reproduces(candidate: tuple[Op, ...], case: DiffCase, real: Backend,
-                model: ModelBackend) -> DiffCase | None:
-    """``candidate`` replayed: its case if it ends in the same kind of mismatch, else None."""
-    target = case.mismatch
-    assert target is not None
-    try:
-        got = replay(attrs.evolve(case, ops=candidate), real, model)
-    except InvalidArgument:  # an op lost what it needs (a region, a slot)
-        return None
-    m = got.mismatch
-    if m is None or m.rule != target.rule or type(m.op) is not type(target.op):
-        return None
-    return got
-
-
-def minimize(case: DiffCase, real: Backend, model: ModelBackend) -> DiffCase:
-    """Delete ops from a mismatching case while it still ends in the same kind of mismatch
-    (same rule, same op type): chunks, then single ops, until nothing more goes. Hypothesis
-    shrinks first; its budget (500 successful shrinks) can run out on 60-op schedules, where
-    this replay-based pass over the resolved ops finishes the job."""
-    m = case.mismatch
-    if m is None:
-        return case
-    best = _reproduces(case.ops[:m.step + 1], case, real, model) or case
-    chunk = max(1, len(best.ops) // 2)
-    while True:
-        i = len(best.ops) - 1  # the mismatching op stays last
-        progressed = False
-        while i > 0:
-            lo = max(0, i - chunk)
-            found = _reproduces(best.ops[:lo] + best.ops[i:], best, real, model)
-            if found is not None:
-                best, progressed = found, True
-                i = min(lo, len(best.ops) - 1)
-            else:
-                i = lo
-        if chunk == 1 and not progressed:
-            return best
-        chunk = max(1, chunk // 2) if not progressed else chunk

@@ -155,16 +155,29 @@ def kvm_gmem_punch_hole(vm: Vm, actor: Actor, fd: int, start: int, end: int) -> 
     if found:
         vm.mmu_lock.write_unlock(actor)
     window.phase = "returned"
-    yield from preempt(Point.GMEM_TRUNCATE)
-    for index in sorted(i for i in f.folios if start <= i < end):  # truncate_inode_pages_range
-        vm.pages.put(f.folios.pop(index))
-    # __kvm_gmem_invalidate_end()
-    window.phase = "ending"
-    if any(start <= i < end for i in f.bindings):
-        yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
-        kvm_mmu_invalidate_end(vm, actor, window)
-        vm.mmu_lock.write_unlock(actor)
-    window.slots_seen_end = tuple(s.serial for s in f.slots_in(start, end))
+
+    def truncate() -> None:  # truncate_inode_pages_range()
+        for index in sorted(i for i in f.folios if start <= i < end):
+            vm.pages.put(f.folios.pop(index))
+
+    def invalidate_end() -> Op[None]:  # __kvm_gmem_invalidate_end()
+        window.phase = "ending"
+        if any(start <= i < end for i in f.bindings):
+            yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+            kvm_mmu_invalidate_end(vm, actor, window)
+            vm.mmu_lock.write_unlock(actor)
+        window.slots_seen_end = tuple(s.serial for s in f.slots_in(start, end))
+
+    if vm.bug("gmem_end_before_truncate"):
+        # planted: the invalidation ends before the folios are freed; a fault that snapshots
+        # mmu_invalidate_seq after the end maps a folio that is then truncated under it
+        yield from invalidate_end()
+        yield from preempt(Point.GMEM_TRUNCATE)
+        truncate()
+    else:
+        yield from preempt(Point.GMEM_TRUNCATE)
+        truncate()
+        yield from invalidate_end()
     vm.ghost.close(window)
     f.invalidate_lock.release(actor)
     vm.ghost.event("gmem.punch." + ("slot" if found else "noslot"))

@@ -188,10 +188,16 @@ def kvm_activate_memslot(vm: Vm, actor: Actor, old: Memslot | None,
 
 def kvm_invalidate_memslot(vm: Vm, actor: Actor, old: Memslot, invalid_slot: Memslot) -> Op[None]:
     """kvm_invalidate_memslot(): publish an INVALID copy, zap, re-take slots_arch_lock."""
-    kvm_replace_memslot(vm, old, invalid_slot)
-    yield from kvm_swap_active_memslots(vm, actor, old.as_id)
     from kvmfuzz.x86.mmu import kvm_arch_flush_shadow_memslot
-    if not vm.bug("delete_skips_flush_shadow_memslot"):
+    if vm.bug("delete_zaps_before_invalid_swap"):
+        # planted: zap first, then publish the INVALID copy; a fault that still sees the valid
+        # slot can map it again between the zap and the SWAP (whose SRCU wait it then delays)
+        yield from kvm_arch_flush_shadow_memslot(vm, actor, old)
+        kvm_replace_memslot(vm, old, invalid_slot)
+        yield from kvm_swap_active_memslots(vm, actor, old.as_id)
+    else:
+        kvm_replace_memslot(vm, old, invalid_slot)
+        yield from kvm_swap_active_memslots(vm, actor, old.as_id)
         yield from kvm_arch_flush_shadow_memslot(vm, actor, old)
     yield from mutex_lock(vm.slots_arch_lock, actor, Point.SLOTS_ARCH_LOCK)
     old.lpage_info = invalid_slot.lpage_info

@@ -51,7 +51,7 @@ def kvm_mmu_invalidate_begin(vm: Vm, actor: Actor, window: Window | None) -> Non
     """kvm_mmu_invalidate_begin(): in_progress++, reset the range when it goes 0 -> 1."""
     vm.mmu_lock.assert_held_write(actor)
     vm.mmu_invalidate_in_progress += 1
-    if vm.mmu_invalidate_in_progress == 1 and not vm.bug("begin_keeps_stale_range"):
+    if vm.mmu_invalidate_in_progress == 1 or vm.bug("begin_resets_nested_range"):
         vm.mmu_invalidate_range_start = INVALID_GPA
         vm.mmu_invalidate_range_end = INVALID_GPA
     vm.ghost.begun += 1
@@ -101,10 +101,12 @@ def mmu_invalidate_retry_gfn(vm: Vm, actor: Actor, mmu_seq: int, gfn: int) -> bo
             warn(vm, "retry_gfn with in_progress but no range")
             return True
         end = vm.mmu_invalidate_range_end
-        if vm.bug("retry_range_end_inclusive_off_by_one"):
+        if vm.bug("retry_range_end_off_by_one"):
             end -= 1
         if vm.mmu_invalidate_range_start <= gfn < end:
             return True
+    if vm.bug("retry_ignores_seq"):
+        return False
     return vm.mmu_invalidate_seq != mmu_seq
 
 
@@ -148,6 +150,17 @@ def __kvm_handle_hva_range(vm: Vm, actor: Actor, rng: HvaRange, *, on_lock: OnLo
                         on_lock(vm, actor, window)
             if handler is not None:
                 ret |= yield from handler(vm, actor, gfn_range)
+    locked = found and not lockless
+    if (not found and on_lock is not None and not lockless
+            and vm.bug("calib_no_memslot_optimisation")):
+        # Calibration: no lock elision (as before 071064f14d87): lock and begin/end anyway. A
+        # start that found no slot records an empty gfn range (5.13 recorded the hva range, which
+        # held no slot's gfn), so that end's "no range added" WARN keeps its meaning.
+        yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+        on_lock(vm, actor, window)
+        if on_lock is kvm_mmu_invalidate_begin and vm.mmu_invalidate_range_start == INVALID_GPA:
+            vm.mmu_invalidate_range_start = vm.mmu_invalidate_range_end = 0
+        locked = True
     if window is not None:
         if window.phase in ("ending", "ended"):
             window.slots_seen_end = tuple(seen)
@@ -156,7 +169,7 @@ def __kvm_handle_hva_range(vm: Vm, actor: Actor, rng: HvaRange, *, on_lock: OnLo
     if flush_on_ret and ret:
         from kvmfuzz.x86.tlb import kvm_flush_remote_tlbs
         kvm_flush_remote_tlbs(vm, actor)
-    if found and not lockless:
+    if locked:
         vm.mmu_lock.write_unlock(actor)
     vm.srcu_read_unlock(actor, idx)
     return found, ret
@@ -166,8 +179,11 @@ def kvm_mmu_unmap_gfn_range(vm: Vm, actor: Actor, rng: KvmGfnRange,
                             window: Window | None = None) -> Op[bool]:
     """kvm_mmu_unmap_gfn_range(): range_add, then the arch unmap (returns "flush needed")."""
     from kvmfuzz.x86.mmu import kvm_unmap_gfn_range
-    if not vm.bug("notifier_skips_range_add"):
+    if vm.bug("unmap_before_range_add"):
+        flush = yield from kvm_unmap_gfn_range(vm, actor, rng)  # may yield mmu_lock
         kvm_mmu_invalidate_range_add(vm, window, rng.start, rng.end)
+        return flush
+    kvm_mmu_invalidate_range_add(vm, window, rng.start, rng.end)
     return (yield from kvm_unmap_gfn_range(vm, actor, rng))
 
 
@@ -182,9 +198,10 @@ def kvm_mmu_notifier_invalidate_range_start(vm: Vm, actor: Actor, rng: HvaRange)
     def handler(vm: Vm, actor: Actor, r: KvmGfnRange) -> Op[bool]:
         return kvm_mmu_unmap_gfn_range(vm, actor, r, window)
 
+    elide = vm.bug("notifier_always_lockless")  # planted: the lock elision for every range
     found, _ = yield from __kvm_handle_hva_range(
-        vm, actor, rng, on_lock=kvm_mmu_invalidate_begin, handler=handler, flush_on_ret=True,
-        lockless=vm.bug("notifier_always_lockless"), window=window)
+        vm, actor, rng, on_lock=None if elide else kvm_mmu_invalidate_begin,
+        handler=None if elide else handler, flush_on_ret=True, lockless=elide, window=window)
     vm.ghost.event("mn.start." + ("slot" if found else "noslot"))
     window.phase = "returned"
 
@@ -195,9 +212,10 @@ def kvm_mmu_notifier_invalidate_range_end(vm: Vm, actor: Actor, rng: HvaRange) -
                   if w.kind == "mn" and w.actor == actor.name and w.hvas == rng
                   and w.phase == "returned")
     window.phase = "ending"
+    elide = vm.bug("notifier_always_lockless")
     yield from __kvm_handle_hva_range(
-        vm, actor, rng, on_lock=kvm_mmu_invalidate_end, handler=None, flush_on_ret=False,
-        lockless=False, window=window)
+        vm, actor, rng, on_lock=None if elide else kvm_mmu_invalidate_end, handler=None,
+        flush_on_ret=False, lockless=elide, window=window)
     yield from preempt(Point.MN_END_BEFORE_COUNT)  # mmu_lock and SRCU dropped, count not yet
     yield from mutex_lock(vm.mn_invalidate_lock, actor, Point.MN_INVALIDATE_LOCK)
     if vm.mn_active_invalidate_count == 0:

@@ -98,13 +98,19 @@ def fast_page_fault(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op[in
         if new == spte or not S.is_access_allowed(m, new, write=fault.write, exec=fault.exec):
             break
         fault.source = it.sp.src.get(it.idx)  # ghost: the leaf's source, kept by the fix
+        early_mark = (vm.bug("fast_pf_marks_dirty_before_cmpxchg") and S.is_writable_pte(new)
+                      and not S.is_writable_pte(spte) and fault.slot is not None)
+        if early_mark:
+            from kvmfuzz.virt.dirty import mark_page_dirty_in_slot
+            assert fault.slot is not None
+            mark_page_dirty_in_slot(vm, fault.slot, fault.gfn)  # planted: before the cmpxchg
         yield from preempt(Point.FAST_PF_CMPXCHG)
         if fast_pf_fix_direct_spte(vm, fault, it, spte, new):
             ret = RET_PF_FIXED
             fault.why = "fast-fixed"
             vm.ghost.event("fast_pf.fixed" + (".tracked" if S.is_access_track_spte(m, spte) else
                                               ".wrprot"))
-            if S.is_writable_pte(new) and not S.is_writable_pte(spte):
+            if S.is_writable_pte(new) and not S.is_writable_pte(spte) and not early_mark:
                 yield from _mark_dirty(vm, fault, it)
             break
         retry_count += 1

@@ -134,6 +134,7 @@ def handle_mmio_page_fault(vm: Vm, vcpu: Vcpu, fault: PageFault) -> int:
         fault.why = "mmio-spte"
         return RET_PF_EMULATE
     fault.why = "mmio-spte-zapped"
+    vm.ghost.event("fault.retry.mmio_spte_zapped")
     return RET_PF_RETRY
 
 
@@ -209,8 +210,12 @@ def kvm_mmu_faultin_pfn(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> O
         return -errno.EFAULT  # kvm_mmu_prepare_memory_fault_exit()
     slot = fault.slot
     if slot is None:
+        if vm.bug("seq_snapshot_after_pfn"):
+            fault.mmu_seq = vm.mmu_invalidate_seq  # planted: after the (no-)slot lookup
         return kvm_handle_noslot_fault(vm, vcpu, fault)
     if slot.invalid:
+        if vm.bug("invalid_slot_treated_as_noslot"):
+            return kvm_handle_noslot_fault(vm, vcpu, fault)  # planted: as before e0c378684b65
         fault.why = "invalid-slot"
         vm.ghost.event("fault.retry.invalid_slot")
         return RET_PF_RETRY
@@ -228,6 +233,8 @@ def kvm_mmu_faultin_pfn(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> O
         return kvm_handle_error_pfn(vm, fault)
     if (not vm.bug("calib_no_unsafe_prechecks")
             and mmu_invalidate_retry_gfn_unsafe(vm, fault.mmu_seq or 0, fault.gfn)):
+        if vm.bug("precheck_retry_leaks_page_ref"):
+            fault.refcounted_page = None  # planted: returns RETRY without releasing the page
         kvm_mmu_finish_page_fault(vm, fault, RET_PF_RETRY)
         fault.why = "unsafe-precheck-2"
         vm.ghost.event("fault.retry.precheck2")
@@ -332,6 +339,7 @@ def _tdp_mmu_map_walk(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault,
         it = TdpIter(sp, idx, level, geo.align_down(fault.gfn, level), sp.spt[idx])
         if S.is_frozen_spte(it.old_spte):
             fault.why = "frozen-spte"
+            vm.ghost.event("fault.retry.frozen_spte")
             return RET_PF_RETRY
         if level == fault.goal_level:
             return tdp_mmu_map_handle_target_level(vm, vcpu, actor, fault, it)

@@ -210,8 +210,29 @@ def kvm_mmu_zap_memslot(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
     vm.mmu_lock.write_unlock(actor)
 
 
+def kvm_mmu_zap_all_leafs(vm: Vm, actor: Actor) -> Op[None]:
+    """Calibration ``calib_zap_all_on_delete``: kvm_mmu_zap_all() done as an in-place zap of
+    every leaf in every root of every address space under mmu_lock (W), flushed before the
+    lock is dropped (the walk may yield, flushing first); no begin/end, as for the slot zap."""
+    vm.slots_lock.assert_held(actor)
+    yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+    flush = False
+    for as_id in range(vm.config.nr_as):
+        flush = yield from kvm_tdp_mmu_unmap_gfn_range(vm, actor, as_id, 0, vm.arch.geo.max_gfn,
+                                                        True, flush)
+    if flush:
+        kvm_flush_remote_tlbs(vm, actor)
+    vm.mmu_lock.write_unlock(actor)
+    vm.ghost.event("zap_all_leafs")
+
+
 def kvm_arch_flush_shadow_memslot(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
     """kvm_arch_flush_shadow_memslot(): zap-all with the SLOT_ZAP_ALL quirk, else the slot."""
+    if vm.bug("calib_zap_all_on_delete"):
+        # Calibration: zap every leaf SPTE of every root in place (kvm_mmu_zap_all() under
+        # mmu_lock, flushed), whatever the quirk says -- more than the slot, no root reload.
+        yield from kvm_mmu_zap_all_leafs(vm, actor)
+        return
     if vm.config.slot_zap_all:
         yield from kvm_mmu_zap_all_fast(vm, actor)
     else:

@@ -45,7 +45,7 @@ from kvmfuzz.x86.tdp_mmu import KvmMmuPage, Source
 from kvmfuzz.x86.tlb import Tlb, TlbEntry
 
 if TYPE_CHECKING:
-    from kvmfuzz.virt.kvm import Vm
+    from kvmfuzz.virt.kvm import Memslot, Vm
 
 
 @attrs.frozen
@@ -182,9 +182,14 @@ def kvm_vcpu_access(vm: Vm, vcpu: Vcpu, gfn: int, write: bool, exec_: bool = Fal
     actor = vcpu.actor
     retries = idle_retries = 0
     token = vm.new_token() if write else 0
+    early_slot: Memslot | None = None  # planted memslot_lookup_outside_srcu only
     while True:
         yield from kvm_check_requests(vm, vcpu)
         yield from kvm_mmu_reload(vm, vcpu, actor)
+        if vm.bug("memslot_lookup_outside_srcu"):
+            # planted: the memslot is looked up before entering the guest, outside kvm->srcu
+            # (vcpu_enter_guest() drops it around guest entry), and used by the exit handler
+            early_slot = vm.memslots[vcpu.as_id].search(gfn)
         yield from preempt(Point.VCPU_GUEST_ACCESS)
         yield from kvm_check_requests(vm, vcpu)  # a request made while we were preempted
         if vcpu.root is None:
@@ -198,6 +203,8 @@ def kvm_vcpu_access(vm: Vm, vcpu: Vcpu, gfn: int, write: bool, exec_: bool = Fal
             fault.is_private = private
         idx = vm.srcu.read_lock(actor)  # vcpu_run(): SRCU across exit handling
         fault.slot = vm.srcu_view(actor, vm.memslots[vcpu.as_id]).search(gfn)
+        if vm.bug("memslot_lookup_outside_srcu"):
+            fault.slot = early_slot
         vcpu.fault = fault
         try:
             r = yield from kvm_mmu_page_fault(vm, vcpu, actor, fault)

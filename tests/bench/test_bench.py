@@ -1,0 +1,193 @@
+"""kvmfuzz.bench: the schedule measures, hunt(), throughput() and the report of main().
+
+Small budgets only: these check the benchmark's machinery, not its figures (the benchmark
+itself is ``python -m kvmfuzz bench``, never a timed test).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kvmfuzz import bench
+from kvmfuzz.bench import HuntResult, hunt, machine_steps, preemptions
+from kvmfuzz.bench.hunting import pinned_constants
+from kvmfuzz.driver import Step
+
+QUICK_BUG = "fault_leaks_page_ref"  # its first (simplest) example already fails
+BUSY_BUG = "swap_ignores_mn_active_count"  # found after some hundred examples
+
+
+def start(actor: str, op: str = "access") -> Step:
+    return Step("start", actor, op)
+
+
+def run(actor: str, reached: str | None = "P") -> Step:
+    return Step("run", actor, reached=reached)
+
+
+def test_machine_steps_counts_starts_and_run_segments() -> None:
+    steps = [start("vcpu0"), run("vcpu0", "A"), run("vcpu0", "B"), run("mm0", "C"), run("vcpu0", "D")]
+    assert machine_steps(steps) == 4
+    assert machine_steps([]) == 0
+    # a start between two runs of one actor splits the segment
+    assert machine_steps([run("vcpu0"), start("mm0", "dontneed"), run("vcpu0")]) == 3
+
+
+def test_preemptions_counts_switches_away_from_unfinished_operations() -> None:
+    steps = [start("vcpu0"), start("mm0", "dontneed"),
+             run("vcpu0"), run("mm0"),                 # vcpu0 unfinished: 1
+             run("mm0", "DONE"), run("vcpu0"),         # mm0 finished: a switch, no preemption
+             run("vcpu0", "DONE")]
+    assert preemptions(steps) == 1
+    assert machine_steps(steps) == 5
+
+
+def test_preemptions_ignores_starts_between_runs_and_counts_blocked_actors() -> None:
+    steps = [start("vcpu0"), run("vcpu0", "FAULT_BEFORE_MMU_LOCK"), start("vmm0", "memslot"),
+             run("vmm0"), run("vcpu0"), run("vmm0", "DONE"), run("vcpu0", "DONE")]
+    # vcpu0 -> vmm0 (vcpu0 unfinished), vmm0 -> vcpu0 (vmm0 unfinished), vcpu0 -> vmm0 again
+    assert preemptions(steps) == 3
+    assert preemptions([start("vcpu0"), run("vcpu0", "DONE"), start("vcpu1"), run("vcpu1")]) == 0
+    # the last step of a failed schedule may have no ``reached`` (raised inside it)
+    assert preemptions([start("vcpu0"), start("mm0"), run("vcpu0"), run("mm0", None)]) == 1
+
+
+def test_hunt_finds_and_shrinks_a_quick_bug() -> None:
+    r = hunt(QUICK_BUG, 0, seconds=10, shrink_seconds=30, step_count=10)
+    assert r.found and r.error is None, r.line()
+    assert r.title == "I10-pin-leak"
+    assert r.examples_to_find is not None and 1 <= r.examples_to_find <= r.examples
+    assert r.seconds_to_find is not None and r.seconds_to_find <= r.seconds
+    assert r.machine_steps == machine_steps(r.steps) and r.preemptions == preemptions(r.steps)
+    assert 0 < r.machine_steps <= 12
+    assert r.config is not None and r.config.bug == QUICK_BUG
+    assert bench.replays_clean_on_correct_model(r)
+    data = r.to_json()
+    assert data["found"] and data["driver_steps"] == len(r.steps) == len(data["steps"])
+    json.dumps(data)
+
+
+def test_hunt_is_reproducible_from_its_seed() -> None:
+    a = hunt(QUICK_BUG, 3, seconds=10, shrink_seconds=0, step_count=10)
+    b = hunt(QUICK_BUG, 3, seconds=10, shrink_seconds=0, step_count=10)
+    assert a.found and b.found
+    assert (a.examples_to_find, a.steps) == (b.examples_to_find, b.steps)
+
+
+def test_hunt_on_the_correct_model_finds_nothing_in_a_tiny_budget() -> None:
+    r = hunt(None, 0, seconds=0.5, shrink_seconds=1, step_count=10)
+    assert not r.found and r.error is None
+    assert r.examples > 0 and r.title is None and r.steps == ()
+    assert "not found" in r.line()
+    with pytest.raises(Exception, match="found nothing"):
+        bench.replays_clean_on_correct_model(r)
+
+
+def test_hunt_stops_after_max_examples() -> None:
+    r = hunt(None, 0, seconds=60, step_count=5, max_examples=7)
+    assert not r.found and r.examples == 7
+
+
+def _hr(found: bool, t: float | None = None, steps: int | None = None) -> HuntResult:
+    return HuntResult(bug="x", seed=0, plain=False, found=found, title="T" if found else None,
+                      seconds_to_find=t, examples_to_find=3 if found else None,
+                      machine_steps=steps, preemptions=1 if found else None)
+
+
+def test_summary_censors_runs_that_did_not_find_the_bug() -> None:
+    s = bench.summarize([_hr(True, 1.0, 5), _hr(True, 3.0, 9), _hr(False)], budget=20)
+    assert (s["found"], s["seeds"]) == (2, 3)
+    assert s["median_seconds"] == 3.0 and math.isinf(s["max_seconds"])
+    assert (s["median_machine_steps"], s["max_machine_steps"]) == (7, 9)
+    mostly_missed = bench.summarize([_hr(True, 1.0, 5), _hr(False), _hr(False)], budget=20)
+    assert math.isinf(mostly_missed["median_seconds"])
+
+
+def test_speedup_is_a_lower_bound_when_plain_misses() -> None:
+    aware = bench.summarize([_hr(True, 2.0, 5)], budget=20)
+    missed = bench.summarize([_hr(False)], budget=20)
+    found = bench.summarize([_hr(True, 8.0, 5)], budget=20)
+    assert bench.speedup(aware, missed) == {"ratio": 10.0, "lower_bound": True, "text": ">= 10.0x"}
+    assert bench.speedup(aware, found)["ratio"] == 4.0
+    assert bench.speedup(missed, found)["ratio"] is None
+
+
+def test_main_writes_the_json_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    code = bench.main(["--bugs", QUICK_BUG, "--seeds", "1", "--seconds", "2", "--json", str(out),
+                       "--shrink-seconds", "1", "--step-count", "10", "--throughput-seconds", "0.5"])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert QUICK_BUG in printed.out and "machine:" in printed.out and "throughput" in printed.out
+    assert "kvmfuzz bench:" in printed.err  # progress lines
+    report = json.loads(out.read_text())
+    assert report["format"] == "kvmfuzz-bench/1" and not report["interrupted"]
+    assert set(report["machine"]) >= {"cpu", "cores", "python", "hypothesis"}
+    assert report["settings"]["seeds"] == 1 and report["settings"]["seconds"] == 2
+    [entry] = report["bugs"]
+    assert entry["name"] == QUICK_BUG and "I10-pin-leak" in entry["caught_by"]
+    for mode in ("aware", "plain"):
+        s = entry[mode]
+        assert s["seeds"] == 1 and len(s["runs"]) == 1
+        assert set(s) >= {"found", "median_seconds", "max_seconds", "median_examples",
+                          "median_machine_steps", "max_machine_steps", "median_preemptions"}
+    assert entry["aware"]["found"] == 1 and entry["aware"]["runs"][0]["machine_steps"] > 0
+    assert entry["unexpected_titles"] == []  # I10-pin-leak is what the catalogue expects
+    assert set(entry["speedup"]) == {"ratio", "lower_bound", "text"}
+    t = report["throughput"]
+    assert t["full_rule_steps_per_s"] > 0 and t["noop_rule_steps_per_s"] > 0 and t["ratio"] > 0
+    assert report["overall"]["bugs"] == 1 and report["overall"]["errors"] == {}
+
+
+def test_main_markdown_and_no_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b.json"
+    assert bench.main(["--bugs", QUICK_BUG, "--seeds", "1", "--seconds", "1", "--no-plain",
+                       "--markdown", "--shrink-seconds", "0", "--throughput-seconds", "0",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("| bug | found |") and f"| {QUICK_BUG} | 1/1 |" in text
+    report = json.loads(out.read_text())
+    assert "plain" not in report["bugs"][0] and report["throughput"] is None
+
+
+@pytest.mark.parametrize("argv", [["--bugs", "no_such_bug"], ["--seeds", "0"], ["--seconds", "-1"]])
+def test_main_rejects_bad_arguments(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        bench.main(argv)
+    assert info.value.code == 2
+
+
+def test_throughput_reports_positive_figures() -> None:
+    t = bench.throughput(0.5, step_count=10)
+    assert t.error is None
+    assert t.full_examples > 0 and t.noop_examples > 0
+    assert t.full_rule_steps > 0 and t.full_scheduler_steps > 0 and t.noop_rule_steps > 0
+    assert t.full_rule_steps_per_s > 0 and t.noop_rule_steps_per_s > 0 and t.ratio > 0
+    # the no-op machine mirrors the real rules' draws
+    assert t.draws_per_rule.get("run") == 0.0 and t.draws_per_rule["init_vm"] >= 1
+    json.dumps(t.to_json())
+
+
+def test_hunt_does_not_depend_on_what_else_is_imported(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hypothesis draws literals of loaded local modules as constants; hunt() pins that pool
+    to the model's modules, so importing another local module changes nothing."""
+    from hypothesis.internal.conjecture import providers
+    kw: dict[str, object] = {"seconds": math.inf, "shrink_seconds": 0, "step_count": 20,
+                             "max_examples": 600}
+    before = hunt(BUSY_BUG, 0, **kw)  # type: ignore[arg-type]
+    (tmp_path / "bench_extra_literals.py").write_text(
+        "VALUES = [" + ", ".join(str(n) for n in range(-50, 300, 3)) + ", 7919]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import bench_extra_literals  # noqa: F401
+    assert 7919 in providers._get_local_constants().set_for_type("integer")
+    with pinned_constants():
+        assert 7919 not in providers._get_local_constants().set_for_type("integer")
+    assert 7919 in providers._get_local_constants().set_for_type("integer")  # restored
+    after = hunt(BUSY_BUG, 0, **kw)  # type: ignore[arg-type]
+    assert before.found and after.found
+    assert (before.examples_to_find, before.steps) == (after.examples_to_find, after.steps)

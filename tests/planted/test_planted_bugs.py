@@ -1,0 +1,119 @@
+"""The CI-sized quality test: every planted bug is found and shrunk (derandomized).
+
+For each non-calibration bug of ``kvmfuzz.bugs.CATALOGUE``, ``kvmfuzz.bench.hunt`` runs the
+protocol-aware machine under a fixed Hypothesis seed with a budget counted in *examples* (not
+seconds), and lets Hypothesis shrink to the end, so the outcome is the same on every run and
+every machine. The shrunk schedule must
+- raise a violation whose title the catalogue entry names (``caught_by``),
+- be at most ``MAX_STEPS_PROTOCOL`` machine steps for the issue-2 protocol bugs
+  (``PROTOCOL_BUGS``) and ``MAX_STEPS`` for the others (``kvmfuzz.bench.machine_steps``: operation
+  starts plus run segments, up to the violation, teardown included when it fired there),
+- replay clean on the correct model (the finding is the bug's, not an invariant's false
+  positive).
+
+Bugs found and shrunk within seconds run in the default suite; the others are marked ``slow``
+with their measured figures (run them with ``pytest -m slow tests/planted``). As generation
+improves, move a bug to the default run by setting its ``slow`` to None.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import pytest
+
+from kvmfuzz.bench import hunt, machine_steps, replays_clean_on_correct_model
+from kvmfuzz.bugs import BY_NAME, CATALOGUE
+
+SEED = 0
+STEP_COUNT = 10  # rules per generated example: short first failures are found and shrink faster
+MAX_STEPS_PROTOCOL = 10
+MAX_STEPS = 12
+PROTOCOL_BUGS = frozenset({"skip_is_page_fault_stale", "retry_ignores_in_progress",
+                           "swap_ignores_mn_active_count"})
+SHRINK_CAP = 300.0  # seconds: a safety net only (Hypothesis's own limits end a shrink first)
+
+
+@attrs.frozen
+class Case:
+    """How a bug is hunted here: ``max_examples`` to find it in; ``slow``: why it is kept out
+    of the default run (None: it runs in the default suite)."""
+
+    max_examples: int
+    slow: str | None = None
+
+
+# Figures: seed 0, 10 rules per example, up to 3000 examples, measured 2026-11-25 00:40-00:49 UTC
+# on this project's 2-core machine with another job running (so wall times are pessimistic).
+# "found after N examples / shrunk to S machine steps, P preemptions / find+shrink seconds".
+CASES: dict[str, Case] = {
+    # -- the default run: the issue-2 protocol bugs, and the quick ones (about 60 s in all) --
+    "skip_is_page_fault_stale": Case(3000),  # 221 ex / 10 steps, 1 pre / 13.7 s
+    "retry_ignores_in_progress": Case(3000),  # 1807 ex / 6 steps, 2 pre / 15.4 s
+    "swap_ignores_mn_active_count": Case(3000),  # 260 ex / 10 steps, 1 pre / 8.5 s
+    "notifier_always_lockless": Case(3000),  # 1 ex / 7 steps, 1 pre / 1.4 s
+    "fault_leaks_page_ref": Case(3000),  # 1 ex / 11 steps, 1 pre / 1.5 s
+    "dirty_log_enable_skips_wrprot": Case(3000),  # 5 ex / 5 steps, 0 pre / 0.6 s
+    "fast_pf_without_cmpxchg": Case(3000),  # 192 ex / 9 steps, 1 pre / 3.3 s
+    "attr_pre_skips_head_tail": Case(3000),  # 140 ex / 4 steps, 1 pre / 3.1 s
+    "swap_skips_synchronize_srcu": Case(3000),  # 187 ex / 6 steps, 1 pre / 3.4 s
+    "zap_all_fast_forgets_invalidate": Case(3000),  # 9 ex / 11 steps, 1 pre / 4.0 s
+    "mmio_spte_without_generation": Case(3000),  # 243 ex / 8 steps, 2 pre / 5.3 s
+    # -- slow: within bounds, kept out of the default run for time --
+    "retry_ignores_seq": Case(3000, "221 ex / 10 steps, 1 pre / 14.0 s"),
+    "retry_range_end_off_by_one": Case(3000, "1807 ex / 6 steps, 2 pre / 15.3 s"),
+    "begin_resets_nested_range": Case(3000, "513 ex / 8 steps, 0 pre / 10.8 s"),
+    "range_add_keeps_end": Case(3000, "8 ex / 7 steps, 1 pre / 7.3 s"),
+    "seq_snapshot_after_pfn": Case(3000, "87 ex / 9 steps, 1 pre / 6.9 s"),
+    "end_forgets_wakeup": Case(3000, "387 ex / 11 steps, 2 pre / 9.6 s"),
+    "memslot_lookup_outside_srcu": Case(3000, "1316 ex / 12 steps, 1 pre / 12.4 s"),
+    "delete_zaps_before_invalid_swap": Case(3000, "602 ex / 10 steps, 3 pre / 6.0 s"),
+    "flush_remote_tlbs_noop": Case(3000, "2 ex / 9 steps, 1 pre / 8.9 s"),
+    "precheck_retry_leaks_page_ref": Case(3000, "224 ex / 12 steps, 2 pre / 6.5 s"),
+    "fast_pf_marks_dirty_before_cmpxchg": Case(3000, "147 ex / 11 steps, 1 pre / 6.1 s"),
+    "get_dirty_log_skips_protect": Case(3000, "43 ex / 10 steps, 0 pre / 6.9 s"),
+    # -- slow and, as measured, missing a bound (see the issue notes) --
+    "recovery_ignores_invalidation": Case(3000, "1040 ex / 15 steps (> 12), 4 pre / 12.7 s"),
+    "zap_yield_without_flush": Case(3000, "2651 ex / 20 steps (> 12), 4 pre / 27.7 s"),
+    # -- slow: not found in 3000 examples (about 20 s) at seed 0 --
+    "unmap_before_range_add": Case(10000, "not found in 3000 examples"),
+    "invalid_slot_treated_as_noslot": Case(10000, "not found in 3000 examples"),
+    "stale_check_ignores_obsolete_root": Case(10000, "not found in 3000 examples"),
+    "gmem_end_before_truncate": Case(10000, "not found in 3000 examples"),
+    "mmio_gen_wrap_not_handled": Case(10000, "not found in 3000 examples"),
+}
+NEW_BUG = Case(10000, "not measured yet: a bug added to the catalogue after this table")
+
+
+def _params() -> list[object]:
+    out: list[object] = []
+    for bug in CATALOGUE:
+        if bug.calibration:
+            continue
+        case = CASES.get(bug.name, NEW_BUG)
+        marks = [pytest.mark.slow] if case.slow is not None else []
+        out.append(pytest.param(bug.name, case, marks=marks, id=bug.name))
+    return out
+
+
+def test_the_table_names_catalogued_bugs() -> None:
+    stale = sorted(name for name in CASES if name not in BY_NAME or BY_NAME[name].calibration)
+    assert not stale, f"CASES names bugs the catalogue does not have (renamed?): {stale}"
+
+
+@pytest.mark.parametrize(("bug", "case"), _params())
+def test_planted_bug_found_and_shrunk(bug: str, case: Case) -> None:
+    r = hunt(bug, SEED, seconds=math.inf, shrink_seconds=SHRINK_CAP, step_count=STEP_COUNT,
+             max_examples=case.max_examples)
+    print(r.line())
+    assert r.error is None, f"{bug}: the hunt stopped at a model error: {r.error}"
+    assert r.found, f"{bug}: not found in {case.max_examples} examples ({r.seconds:.0f} s)"
+    expected = [t.strip() for t in BY_NAME[bug].caught_by.split("/")]
+    assert r.title in expected, f"{bug} caught by {r.title}, expected one of {expected}"
+    bound = MAX_STEPS_PROTOCOL if bug in PROTOCOL_BUGS else MAX_STEPS
+    assert r.machine_steps == machine_steps(r.steps)
+    assert r.machine_steps is not None and 0 < r.machine_steps <= bound, (
+        f"{bug}: shrunk to {r.machine_steps} machine steps (> {bound}):\n"
+        + "\n".join(f"  {s}" for s in r.steps))
+    assert replays_clean_on_correct_model(r), f"{bug}: the schedule fails the correct model too"
