@@ -207,7 +207,11 @@ CATALOGUE: Final[tuple[PlantedBug, ...]] = (
                "the cmpxchg of fast_pf_fix_direct_spte() since the lockless fast page fault ('KVM: "
                "MMU: fast path of handling guest page fault', X. Guangrong, 3.6) and its rule in "
                "locking.rst (every SPTE change fast PF must not undo is a cmpxchg/xchg)",
-               _MAPPING + " / I11-guest-data-coherence / I5-no-mapping-of-dead-slot"),
+               # the overwrite resurrects whatever mapping the change removed: after an attribute
+               # conversion a shared page at a now-private gfn (I6), over a frame recovery or a
+               # split changed, a leaf the frame no longer allows (I8)
+               _MAPPING + " / I11-guest-data-coherence / I5-no-mapping-of-dead-slot / "
+               "I6-private-shared-source / I8-huge-eligibility"),
     PlantedBug("fast_pf_marks_dirty_before_cmpxchg",
                "fast_page_fault() marks the gfn dirty before its cmpxchg sets W: a harvest in "
                "between collects the bit and protects nothing, then W is set with the bit clear",

@@ -127,7 +127,10 @@ class KvmMachine(RuleBasedStateMachine):
         raise AssertionError("precondition guarantees an idle actor")
 
     # -- what is interesting now ------------------------------------------------------------
-    def _hot_gfns(self) -> list[int]:
+    def _slot_gfns(self) -> list[int]:
+        """Slot edges (first, last, one past) and huge-frame starts of the memslots: what the
+        race rule targets. It depends on the memslots alone, not on recent steps, so a race
+        keeps its gfn when Hypothesis deletes earlier steps while shrinking."""
         vm = self.d.vm
         pts: set[int] = set()
         four = vm.arch.geo.pages(2)
@@ -135,6 +138,12 @@ class KvmMachine(RuleBasedStateMachine):
             for s in slots.ordered():
                 pts.update((s.base_gfn, s.base_gfn + s.npages - 1, s.base_gfn + s.npages))
                 pts.update(range(-(-s.base_gfn // four) * four, s.base_gfn + s.npages, four * 4))
+        return sorted(p for p in pts if 0 <= p < vm.arch.geo.max_gfn)
+
+    def _hot_gfns(self) -> list[int]:
+        """``_slot_gfns`` and the gfns recent steps touched."""
+        vm = self.d.vm
+        pts = set(self._slot_gfns())
         for step in self.d.steps[-12:]:
             args = dict(step.args)
             for key in ("gfn", "start"):
@@ -277,7 +286,7 @@ class KvmMachine(RuleBasedStateMachine):
 
     def _race_possible(self) -> bool:
         return (self.driver is not None and not self.plain and self._idle("vcpu")
-                and any(self._invalidators(g) for g in self._hot_gfns()))
+                and any(self._invalidators(g) for g in self._slot_gfns()))
 
     @precondition(lambda self: self._race_possible())
     @rule(data=st.data())
@@ -293,7 +302,7 @@ class KvmMachine(RuleBasedStateMachine):
         resumed. (Protocol-aware generation: the plain machine has no such rule.) Every part is
         an ordinary start or run step of the schedule."""
         vm = self.d.vm
-        hot = [g for g in self._hot_gfns() if self._invalidators(g)]
+        hot = [g for g in self._slot_gfns() if self._invalidators(g)]
         gfn = data.draw(st.sampled_from(hot), label="gfn")
         if data.draw(st.booleans(), label="invalidation_first"):
             self._race_fault_inside(data, gfn)
@@ -518,8 +527,6 @@ class KvmMachine(RuleBasedStateMachine):
         kinds = []
         if self._fast_pf_candidates():
             kinds.append("prepare_fast_pf")
-        if self._idle("vmm", "dirty_log") and self._recovery_candidates():
-            kinds.append("prepare_recovery")
         if (self._idle("mm", "host") and self._race_targets()
                 and any(op in self.host_ops for op in self._INVALIDATING)):
             kinds.append("racing_host_op")
@@ -755,6 +762,14 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(vcpu, frozenset())
         return not self.d.vm.sched.actor(vcpu).busy
 
+    @precondition(lambda self: (self.driver is not None and not self.plain
+                                and self._idle("vmm", "dirty_log") and bool(self._recovery_candidates())))
+    @rule(data=st.data())
+    def start_recovery_race(self, data: st.DataObject) -> None:
+        """Huge-page recovery raced by an invalidation of the frame it rebuilds (a rule of its
+        own: the set-up is long and the window narrow, so it must not share a rule's odds)."""
+        self._x86_prepare_recovery(data)
+
     def _x86_prepare_recovery(self, data: st.DataObject) -> None:
         """A dirty-logging cycle on a THP-backed slot: fault a page of a huge frame in if none is
         mapped, enable logging (split, write-protect) unless it is on, then disable it and run
@@ -781,12 +796,24 @@ class KvmMachine(RuleBasedStateMachine):
         recovering = vm.arch.ghost.recovering.get(actor)
         if recovering is None:
             return
-        # recovery stopped before building the huge SPTE; maybe let it build and drop
-        # mmu_lock (TDP_MMU_YIELD) first, then race an invalidation of the frame against it
-        window = data.draw(st.sampled_from(("TDP_RECOVER_HUGE", "TDP_MMU_YIELD")), label="window")
-        if window != "TDP_RECOVER_HUGE":
-            self._run_to(actor, frozenset({window}))
-        self._race_invalidate(data, actor, recovering[1])
+        # Recovery is stopped before building the huge SPTE, holding mmu_lock for read. Either
+        # race an invalidation of the frame against it from here, or first let the
+        # invalidation queue on mmu_lock (it blocks at MMU_LOCK_WRITE), so that recovery sees
+        # the lock contended and yields it (TDP_MMU_YIELD) before it installs.
+        gfn = recovering[1]
+        if not data.draw(st.booleans(), label="contend") or not self._invalidators(gfn):
+            self._race_invalidate(data, actor, gfn)
+            return
+        kind = data.draw(st.sampled_from(self._invalidators(gfn)), label="invalidation")
+        racer = getattr(self, f"_race_{kind}")(data, gfn)
+        if racer is None:
+            return
+        self._run_to(racer, frozenset({"MMU_LOCK_WRITE"}))  # to the lock it waits for
+        self._run_to(actor, frozenset({"TDP_MMU_YIELD"}))
+        stop = data.draw(st.sampled_from(RACE_STOPS[kind]), label="stop")
+        self._run_to(racer, frozenset({stop}))
+        if data.draw(st.booleans(), label="resume"):
+            self._run_to(actor, frozenset())
 
     def _fast_pf_candidates(self) -> list[int]:
         """Mapped gfns a vCPU is about to touch (its pending access) or could touch (an idle
