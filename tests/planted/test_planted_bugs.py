@@ -18,13 +18,16 @@ improves, move a bug to the default run by setting its ``slow`` to None.
 
 from __future__ import annotations
 
-import math
+import json
+import os
 import statistics
+import subprocess
+import sys
+from typing import Any
 
 import attrs
 import pytest
 
-from kvmfuzz.bench import hunt, machine_steps, replays_clean_on_correct_model
 from kvmfuzz.bugs import BY_NAME, CATALOGUE
 
 SEED = 0
@@ -106,6 +109,34 @@ def test_the_table_names_catalogued_bugs() -> None:
     assert not stale, f"CASES names bugs the catalogue does not have (renamed?): {stale}"
 
 
+_HUNT = """
+import json, math, sys
+from kvmfuzz.bench import hunt, machine_steps, replays_clean_on_correct_model
+bug, seed, steps, examples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+cap = float(sys.argv[5])
+r = hunt(bug, seed, seconds=math.inf, shrink_seconds=cap, step_count=steps, max_examples=examples)
+print(json.dumps({"line": r.line(), "error": None if r.error is None else str(r.error), "found": r.found,
+                  "title": r.title, "machine_steps": r.machine_steps,
+                  "counted": machine_steps(r.steps) if r.found else None,
+                  "clean": replays_clean_on_correct_model(r) if r.found else None,
+                  "steps": [str(s) for s in r.steps]}))
+"""
+
+
+def hunt_isolated(bug: str, seed: int, max_examples: int) -> dict[str, Any]:
+    """``kvmfuzz.bench.hunt`` in a fresh interpreter: what a seed generates also depends on
+    process state (Hypothesis draws constants from the modules a process has loaded), so a hunt
+    inside the test session would find different examples depending on which tests ran
+    before it. A fresh process gives the same result in any suite, on any machine with the
+    pinned Hypothesis."""
+    out = subprocess.run([sys.executable, "-c", _HUNT, bug, str(seed), str(STEP_COUNT),
+                          str(max_examples), str(SHRINK_CAP)], capture_output=True, text=True,
+                         check=False, env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 @pytest.mark.parametrize(("bug", "case"), _params())
 def test_planted_bug_found_and_shrunk(bug: str, case: Case) -> None:
     """Found, caught by an expected invariant, replaying clean on the correct model, and shrunk
@@ -117,17 +148,16 @@ def test_planted_bug_found_and_shrunk(bug: str, case: Case) -> None:
     expected = [t.strip() for t in BY_NAME[bug].caught_by.split("/")]
     lengths = []
     for seed in seeds:
-        r = hunt(bug, seed, seconds=math.inf, shrink_seconds=SHRINK_CAP, step_count=STEP_COUNT,
-                 max_examples=case.max_examples)
-        print(r.line())
-        assert r.error is None, f"{bug}: the hunt stopped at a model error: {r.error}"
-        assert r.found, f"{bug}: not found in {case.max_examples} examples ({r.seconds:.0f} s)"
-        assert r.title in expected, f"{bug} caught by {r.title}, expected one of {expected}"
-        assert r.machine_steps is not None and r.machine_steps == machine_steps(r.steps) > 0
-        assert replays_clean_on_correct_model(r), f"{bug}: the schedule fails the correct model too"
-        lengths.append(r.machine_steps)
+        r = hunt_isolated(bug, seed, case.max_examples)
+        print(r["line"])
+        assert r["error"] is None, f"{bug}: the hunt stopped at a model error: {r['error']}"
+        assert r["found"], f"{bug}: not found in {case.max_examples} examples"
+        assert r["title"] in expected, f"{bug} caught by {r['title']}, expected one of {expected}"
+        assert r["machine_steps"] is not None and r["machine_steps"] == r["counted"] > 0
+        assert r["clean"], f"{bug}: the schedule fails the correct model too"
+        lengths.append(r["machine_steps"])
         if len(seeds) == 1:
-            assert r.machine_steps <= bound, (
-                f"{bug}: shrunk to {r.machine_steps} machine steps (> {bound}):\n"
-                + "\n".join(f"  {s}" for s in r.steps))
+            assert r["machine_steps"] <= bound, (
+                f"{bug}: shrunk to {r['machine_steps']} machine steps (> {bound}):\n"
+                + "\n".join(f"  {s}" for s in r["steps"]))
     assert statistics.median(lengths) <= bound, f"{bug}: shrunk to {lengths} machine steps"
