@@ -64,7 +64,7 @@ def draw_near(data: st.DataObject, points: list[int], lo: int, hi: int, label: s
     the first point exactly.
     """
     points = [p for p in points if lo <= p < hi]
-    if points and data.draw(_BIAS, label=f"{label}-biased"):
+    if points and data.draw(_BIAS, label=f"{label}-biased") > 0:
         p = points[data.draw(st.integers(0, len(points) - 1), label=f"{label}-near")]
         return min(hi - 1, max(lo, p + data.draw(_OFFSETS, label=f"{label}-offset")))
     return data.draw(st.integers(lo, hi - 1), label=label)
