@@ -697,36 +697,6 @@ class KvmMachine(RuleBasedStateMachine):
             # disabling: up to huge-page recovery's race point; enabling: to completion
             self._run_to(actor, frozenset({"TDP_RECOVER_HUGE"}))
 
-    def _x86_make_fixable(self, data: st.DataObject) -> None:
-        """Make a mapped page fixable by the fast page fault: age it (A/D bits off: access
-        tracking) or harvest its logged slot (GET write-protects the harvested pages)."""
-        vm = self.d.vm
-        geo = vm.arch.geo
-        mapped = {g for gfn, level, _ in self._mapped_leaves()
-                  for g in range(gfn, gfn + min(geo.pages(level), 4))}
-        pending = sorted(g for g in self._pending_access_gfns() if g in mapped)
-        gfn = data.draw(st.sampled_from(pending or sorted(mapped)), label="gfn")
-        slot = vm.memslots[0].search(gfn)
-        ways = []
-        if slot is not None and self._idle("mm", "host") and "age" in self.host_ops \
-                and not vm.config.ad_bits:
-            ways.append("age")
-        if slot is not None and slot.logging and self._idle("vmm", "dirty_log"):
-            ways.append("harvest")
-        if not ways or slot is None:
-            return
-        if data.draw(st.sampled_from(ways), label="how") == "age":
-            actor = self._actor(data, "mm")
-            self._start("clear_young", actor, hva=slot.gfn_to_hva(gfn) - 0x40000, npages=1)
-        else:
-            actor = self._actor(data, "vmm")
-            if vm.config.manual_protect:
-                self._start("clear_dirty_log", actor, slot=slot.id, first=0, num=slot.npages,
-                            mask=(1 << min(slot.npages, 64)) - 1)
-            else:
-                self._start("get_dirty_log", actor, slot=slot.id)
-        self._run_to(actor, frozenset())
-
     def _recovery_candidates(self) -> list[int]:
         """Slot ids where a dirty-logging cycle would give huge-page recovery work: THP-backed,
         writable, not guest_memfd, at least one huge frame (its pages are faulted in first
