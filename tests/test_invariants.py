@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import attrs
 import pytest
+from driving import SLOT0, SLOT1, run_op, run_until, run_while_runnable
 from kvmfuzz.invariants import bookkeeping, mapping, structure, x86
 from kvmfuzz.invariants.walk import Leaf, present_leaves
 
@@ -42,8 +43,6 @@ EXTRA_TITLES: tuple[str, ...] = (PFN_CHANGE, DEADLOCK, FAULT_PROGRESS)
 ALL_TITLES: tuple[str, ...] = (*invariants.STEP_INVARIANTS, *invariants.QUIESCENT_INVARIANTS,
                                *EXTRA_TITLES)
 
-SLOT0 = SlotSpec(0, 0, 16, 0)  # gfn [0, 16) at hva HVA_BASE + [0, 16): huge-page aligned
-SLOT1 = SlotSpec(1, 16, 16, 16)  # gfn [16, 32)
 
 
 # -- driving helpers ------------------------------------------------------------------------
@@ -60,34 +59,6 @@ class State:
     @property
     def vm(self) -> Vm:
         return self.d.vm
-
-
-def run_op(d: Driver, actor: str) -> Any:
-    """Run ``actor`` alone until its operation returns; its result."""
-    a = d.vm.sched.actor(actor)
-    assert a.busy, f"{actor} has nothing to do"
-    while a.busy:
-        assert d.vm.sched.is_runnable(a), f"{actor} blocked: {a.where()}"
-        d.run_actor(actor)
-    name, _, result = d.results[-1]
-    assert name == actor
-    return result
-
-
-def run_until(d: Driver, actor: str, point: Point) -> None:
-    """Step ``actor`` alone until it stops at ``point``."""
-    a = d.vm.sched.actor(actor)
-    while True:
-        assert a.busy, f"{actor} finished before reaching {point.name}"
-        d.run_actor(actor)
-        if a.pending is not None and a.pending.point is point:
-            return
-
-
-def run_while_runnable(d: Driver, actor: str) -> None:
-    a = d.vm.sched.actor(actor)
-    while a.busy and d.vm.sched.is_runnable(a):
-        d.run_actor(actor)
 
 
 def access(d: Driver, vcpu: str, gfn: int, write: bool = False,

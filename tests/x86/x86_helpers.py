@@ -4,44 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+# re-exported for the x86 tests
+from driving import SLOT0 as SLOT0
+from driving import SLOT1 as SLOT1
+from driving import run_op as run_op
+from driving import run_until as run_until
+from driving import run_while_runnable as run_while_runnable
+
 from kvmfuzz.driver import Driver, SlotSpec
-from kvmfuzz.points import Point
 from kvmfuzz.virt.kvm import KVM_MEM_LOG_DIRTY_PAGES
 from kvmfuzz.x86 import spte as S
 from kvmfuzz.x86.tdp_mmu import KvmMmuPage
 from kvmfuzz.x86.vcpu import AccessResult
 
-SLOT0 = SlotSpec(0, 0, 16, 0)  # gfn [0, 16) at hva HVA_BASE + [0, 16): huge-page aligned
-SLOT1 = SlotSpec(1, 16, 16, 16)
 HVA = 0x40000
-
-
-def run_op(d: Driver, actor: str) -> Any:
-    """Run ``actor`` alone until its operation returns; its result."""
-    a = d.vm.sched.actor(actor)
-    assert a.busy, f"{actor} has nothing to do"
-    while a.busy:
-        assert d.vm.sched.is_runnable(a), f"{actor} blocked: {a.where()}"
-        d.run_actor(actor)
-    name, _, result = d.results[-1]
-    assert name == actor
-    return result
-
-
-def run_until(d: Driver, actor: str, point: Point) -> None:
-    """Step ``actor`` alone until it stops at ``point``."""
-    a = d.vm.sched.actor(actor)
-    while True:
-        assert a.busy, f"{actor} finished before reaching {point.name}"
-        d.run_actor(actor)
-        if a.pending is not None and a.pending.point is point:
-            return
-
-
-def run_while_runnable(d: Driver, actor: str) -> None:
-    a = d.vm.sched.actor(actor)
-    while a.busy and d.vm.sched.is_runnable(a):
-        d.run_actor(actor)
 
 
 def do(d: Driver, op: str, actor: str, **args: Any) -> Any:
