@@ -22,7 +22,10 @@ pairs
 branches
     coverage.py branch coverage of ``kvmfuzz/{virt,x86,host,sched}`` collected during the
     campaign (``BranchCollector``; start it before the model is imported, or import-time lines
-    are credited from the source and their branches left out).
+    are credited from the source and their branches left out). "Protocol branches" leave out
+    the arcs ``classify_arcs`` puts in an ``ARC_CLASSES`` class, among them those the model
+    source marks unreachable (``# unreachable: <reason>``, see ``unreachable_markers``), each
+    with its reason in the report.
 
 How it is observed: ``CoverageCollector.on_step`` is the driver's per-step hook
 (``Driver.observe``; the campaign installs it through ``KvmMachine.observe_steps``). It sees each
@@ -45,11 +48,14 @@ from __future__ import annotations
 import argparse
 import ast
 import html
+import io
 import json
 import math
+import re
 import sys
 import tempfile
 import time
+import tokenize
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -412,10 +418,12 @@ Arc = tuple[int, int]
 # Why a branch is left out of "protocol" branch coverage (it is still shown in "all branches"):
 ARC_CLASSES: dict[str, str] = {
     "planted": "decides on a planted bug (vm.bug(...)): the correct model always goes one way",
-    "defensive": "leads to a defensive check firing (raise, WARN via warn(), KVM_BUG): never in a "
-                 "correct model",
+    "defensive": "leads to a defensive check firing (raise, WARN via warn(), KVM_BUG, a deadlock "
+                 "report): never in a correct model",
     "diagnostic": "inside a function that only builds messages or checks invariants (where, "
                   "describe, format_spte, ...)",
+    "unreachable": "marked '# unreachable: <reason>' in the model source: never taken in the "
+                   "correct model whatever the schedule or inputs (the reason is listed per arc)",
 }
 DIAGNOSTIC_FUNCTIONS = frozenset({
     "where", "holders", "holder_names", "owner_name", "raise_deadlock", "format_spte", "kvm_bug",
@@ -425,7 +433,8 @@ DIAGNOSTIC_FUNCTIONS = frozenset({
 @attrs.frozen
 class FileBranches:
     """coverage.py's measurement of one model file (``path`` relative to the package), with the
-    arcs that are not protocol branches (``excluded``: arc -> an ``ARC_CLASSES`` key)."""
+    arcs that are not protocol branches (``excluded``: arc -> an ``ARC_CLASSES`` key) and, for
+    the "unreachable" ones, the reason their marker gives (``reasons``: arc -> text)."""
 
     path: str
     lines_executed: frozenset[int]
@@ -433,6 +442,7 @@ class FileBranches:
     branches_executed: frozenset[Arc]
     branches_missing: frozenset[Arc]
     excluded: dict[Arc, str] = attrs.field(factory=dict)
+    reasons: dict[Arc, str] = attrs.field(factory=dict)
 
     @property
     def statements(self) -> int:
@@ -448,27 +458,38 @@ class FileBranches:
         return Ratio(len(self.branches_executed - self.excluded.keys()),
                      len((self.branches_executed | self.branches_missing) - self.excluded.keys()))
 
+    @property
+    def unreachable_executed(self) -> list[Arc]:
+        """Arcs marked unreachable that the measurement saw taken: the marker is wrong (or the
+        run had a planted bug that its reason names)."""
+        return sorted(a for a in self.branches_executed if self.excluded.get(a) == "unreachable")
+
     def union(self, other: FileBranches) -> FileBranches:
         lines = self.lines_executed | other.lines_executed
         arcs = self.branches_executed | other.branches_executed
         return FileBranches(self.path, lines, (self.lines_missing | other.lines_missing) - lines,
                             arcs, (self.branches_missing | other.branches_missing) - arcs,
-                            {**self.excluded, **other.excluded})
+                            {**self.excluded, **other.excluded}, {**self.reasons, **other.reasons})
 
     def to_json(self) -> dict[str, Any]:
+        """``excluded`` rows are ``[from, to, class]``, plus the reason for "unreachable" arcs."""
+        excluded = [[a, b, c] + ([self.reasons[a, b]] if (a, b) in self.reasons else [])
+                    for (a, b), c in sorted(self.excluded.items())]
         return {"path": self.path,
                 "lines": {"executed": sorted(self.lines_executed), "missing": sorted(self.lines_missing)},
                 "branches": {"executed": [list(a) for a in sorted(self.branches_executed)],
                              "missing": [list(a) for a in sorted(self.branches_missing)],
-                             "excluded": [[a, b, c] for (a, b), c in sorted(self.excluded.items())]}}
+                             "excluded": excluded}}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FileBranches:
         br = d["branches"]
+        rows = br.get("excluded", [])
         return cls(d["path"], frozenset(d["lines"]["executed"]), frozenset(d["lines"]["missing"]),
                    frozenset((a, b) for a, b in br["executed"]),
                    frozenset((a, b) for a, b in br["missing"]),
-                   {(a, b): c for a, b, c in br.get("excluded", [])})
+                   {(row[0], row[1]): row[2] for row in rows},
+                   {(row[0], row[1]): row[3] for row in rows if len(row) > 3})
 
 
 def merge_files(*parts: Iterable[FileBranches]) -> tuple[FileBranches, ...]:
@@ -761,9 +782,114 @@ def _import_time_lines(source: str) -> set[int]:
     return out
 
 
+class MarkerError(ValueError):
+    """A malformed ``# unreachable`` marker in a model file (no reason, unknown side, or not
+    attached to a branch statement)."""
+
+
+@attrs.frozen
+class UnreachableMarker:
+    """``# unreachable[(true|false)]: <reason>`` on a branch statement (``if`` / ``elif`` /
+    ``while`` / ``for``): the statement's arcs that the correct model never takes.
+
+    ``line`` is the statement's first line, where coverage.py's arcs start. ``side`` None: every
+    arc from the line; "true": only the arc into the body (the condition holds, the loop
+    iterates); "false": only the others (the condition fails, the loop ends or is skipped).
+    """
+
+    line: int
+    side: str | None
+    reason: str
+    body: int  # first line of the statement's body
+
+    def selects(self, arc: Arc) -> bool:
+        if arc[0] != self.line:
+            return False
+        if self.side is None:
+            return True
+        return (arc[1] == self.body) == (self.side == "true")
+
+
+UNREACHABLE_SIDES = ("true", "false")
+# A comment that starts with "# unreachable" is a marker, and must be well-formed.
+_MARKER = re.compile(r"#\s*unreachable\b(?P<rest>.*)$")
+_MARKER_BODY = re.compile(r"^(?:\((?P<side>[^)]*)\))?:(?P<reason>.*)$")
+
+
+def unreachable_markers(source: str, path: str = "<source>") -> dict[int, UnreachableMarker]:
+    """The ``# unreachable`` markers of ``source``, by the line of the statement they mark.
+
+    A marker is a comment ``# unreachable: <reason>`` or ``# unreachable(true|false): <reason>``,
+    either at the end of the branch statement's first line or on comment lines just above it
+    (the reason then goes on over the following comment lines, up to the statement). Raises
+    ``MarkerError`` for a marker without a reason, with an unknown side, or not attached to an
+    ``if`` / ``elif`` / ``while`` / ``for`` statement: an exclusion must say why, and where.
+    """
+    tree = ast.parse(source)
+    branches: dict[int, ast.If | ast.While | ast.For | ast.AsyncFor] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If | ast.While | ast.For | ast.AsyncFor):
+            branches[node.lineno] = node
+    lines = source.splitlines()
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string
+    out: dict[int, UnreachableMarker] = {}
+    for n, text in sorted(comments.items()):
+        m = _MARKER.match(text)
+        if m is None:
+            continue
+        where = f"{path}:{n}"
+        body = _MARKER_BODY.match(m["rest"].strip())
+        if body is None:
+            raise MarkerError(f"{where}: expected '# unreachable: <reason>' or "
+                              f"'# unreachable(true|false): <reason>', got {text!r}")
+        side = body["side"].strip().lower() if body["side"] is not None else None
+        if side is not None and side not in UNREACHABLE_SIDES:
+            raise MarkerError(f"{where}: unknown side {body['side']!r} (expected one of "
+                              f"{', '.join(UNREACHABLE_SIDES)})")
+        reason = [body["reason"].strip()]
+        target = n
+        if lines[n - 1].lstrip().startswith("#"):  # a comment block above the statement
+            target = n + 1
+            while target <= len(lines) and lines[target - 1].lstrip().startswith("#"):
+                if _MARKER.match(lines[target - 1].strip()):
+                    raise MarkerError(f"{where}: two markers in one comment block")
+                reason.append(lines[target - 1].strip().removeprefix("#").strip())
+                target += 1
+        text_reason = " ".join(r for r in reason if r)
+        if not any(c.isalnum() for c in text_reason):
+            raise MarkerError(f"{where}: an unreachable marker needs a reason "
+                              "('# unreachable: <why the correct model never takes it>')")
+        stmt = branches.get(target)
+        if stmt is None:
+            raise MarkerError(f"{where}: an unreachable marker must be on (or in the comment "
+                              f"block right above) the first line of an if / elif / while / for "
+                              f"statement; line {target} is not one")
+        first = stmt.body[0].lineno
+        if side is not None and first == stmt.lineno:
+            raise MarkerError(f"{where}: '{side}' needs the statement's body on its own line")
+        if target in out:
+            raise MarkerError(f"{where}: line {target} is marked twice")
+        out[target] = UnreachableMarker(target, side, text_reason, first)
+    return out
+
+
 def classify_arcs(source: str, arcs: Iterable[Arc]) -> dict[Arc, str]:
     """The arcs of ``source`` that are not protocol branches, with their ``ARC_CLASSES`` key."""
+    return arc_exclusions(source, arcs)[0]
+
+
+def arc_exclusions(source: str, arcs: Iterable[Arc],
+                   path: str = "<source>") -> tuple[dict[Arc, str], dict[Arc, str]]:
+    """``classify_arcs`` and, for the arcs it classes "unreachable", their markers' reasons.
+
+    The automatic classes (planted, defensive, diagnostic) come first; a marker excludes the
+    arcs of its statement that none of them took.
+    """
     lines = source.splitlines()
+    markers = unreachable_markers(source, path)
     owner: dict[int, str] = {}
     planted: set[int] = set()  # `if vm.bug(...)` / `if not vm.bug(...)`: nothing else decides
     for node in ast.walk(ast.parse(source)):
@@ -776,17 +902,21 @@ def classify_arcs(source: str, arcs: Iterable[Arc]) -> dict[Arc, str]:
                     and test.func.attr == "bug"):
                 planted.add(node.lineno)
     out: dict[Arc, str] = {}
+    reasons: dict[Arc, str] = {}
     for a, b in sorted(arcs):
         dst = lines[b - 1].strip() if 0 < b <= len(lines) else ""
         name = owner.get(a, "")
         if a in planted:
             out[a, b] = "planted"
         elif (dst.startswith("raise ") or "warn(" in dst or "kvm_bug(" in dst
-              or dst.endswith(("import ModelError", "import warn"))):
+              or "raise_deadlock(" in dst or dst.endswith(("import ModelError", "import warn"))):
             out[a, b] = "defensive"
         elif name in DIAGNOSTIC_FUNCTIONS or name.startswith("describe"):
             out[a, b] = "diagnostic"
-    return out
+        elif (marker := markers.get(a)) is not None and marker.selects((a, b)):
+            out[a, b] = "unreachable"
+            reasons[a, b] = marker.reason
+    return out, reasons
 
 
 class BranchCollector:
@@ -831,9 +961,11 @@ class BranchCollector:
                 missing -= early
                 arcs_done = {a for a in arcs_done if a[0] not in early}
                 arcs_missing = {a for a in arcs_missing if a[0] not in early}
-            excluded = classify_arcs(Path(name).read_text(), arcs_done | arcs_missing)
+            excluded, reasons = arc_exclusions(Path(name).read_text(), arcs_done | arcs_missing,
+                                               _rel(name))
             files.append(FileBranches(_rel(name), frozenset(executed), frozenset(missing),
-                                      frozenset(arcs_done), frozenset(arcs_missing), excluded))
+                                      frozenset(arcs_done), frozenset(arcs_missing), excluded,
+                                      reasons))
         return tuple(files)
 
 
@@ -1010,15 +1142,29 @@ def _excluded_counts(files: Iterable[FileBranches]) -> dict[str, int]:
     return counts
 
 
+def _unreachable_executed(files: Iterable[FileBranches]) -> list[str]:
+    """``path:from->to`` of the arcs marked unreachable that were taken anyway."""
+    return [f"{f.path}:{a}->{'exit' if b < 0 else b}" for f in files
+            for a, b in f.unreachable_executed]
+
+
 def _branch_footnote(report: CoverageReport) -> list[str]:
     if report.files is None:
         return ["* branches: not measured"]
     total = area_rows(report)[-1]
     counts = _excluded_counts(report.files)
     assert total.branches_all is not None
-    return ["* branches: protocol branches of kvmfuzz/{virt,x86,host,sched}, leaving out "
-            + ", ".join(f"{n} {cls}" for cls, n in counts.items())
-            + f" arcs; all branches: {total.branches_all} ({total.branches_all.percent:.1f}%)"]
+    lines = ["* branches: protocol branches of kvmfuzz/{virt,x86,host,sched}, leaving out "
+             + ", ".join(f"{n} {cls}" for cls, n in counts.items())
+             + f" arcs; all branches: {total.branches_all} ({total.branches_all.percent:.1f}%)"]
+    if counts.get("unreachable"):
+        lines.append("  (unreachable arcs: marked '# unreachable: <reason>' in the model source; "
+                     "reasons in coverage.json and the HTML page)")
+    taken = _unreachable_executed(report.files)
+    if taken:
+        lines.append(f"  MARKED UNREACHABLE BUT TAKEN ({len(taken)}; a wrong marker, or a run with "
+                     "the planted bug its reason names): " + ", ".join(taken))
+    return lines
 
 
 # -- the HTML page ---------------------------------------------------------------------------------
@@ -1142,7 +1288,12 @@ def _branches(report: CoverageReport) -> str:
     counts = _excluded_counts(report.files)
     intro = ("<p class=\"why\">Protocol branches leave out arcs that "
              + "; ".join(f"{_e(why)} ({cls}: {counts[cls]})" for cls, why in ARC_CLASSES.items())
-             + ". Missing arcs are listed by class (<code>line&#8594;line</code>).</p>")
+             + ". Missing arcs are listed by class (<code>line&#8594;line</code>); every arc "
+             "marked unreachable is also listed, with its reason, below the table.</p>")
+    taken = _unreachable_executed(report.files)
+    if taken:
+        intro += (f'<p class="bad">Marked unreachable but taken ({len(taken)}; a wrong marker, or '
+                  f"a run with the planted bug its reason names): {_e(', '.join(taken))}</p>")
     rows = []
     for f in report.files:
         br = Ratio(len(f.branches_executed), f.branches)
@@ -1150,7 +1301,11 @@ def _branches(report: CoverageReport) -> str:
         groups = []
         for cls in ("protocol", *ARC_CLASSES):
             arcs = [a for a in sorted(f.branches_missing) if f.excluded.get(a, "protocol") == cls]
-            if arcs:
+            if arcs and cls == "unreachable":
+                groups += [f"<code>unreachable: {', '.join(_fmt_arc(a) for a in group)}</code> "
+                           f"<span class=\"why\">{_e(why)}</span>"
+                           for why, group in _by_reason(f, arcs)]
+            elif arcs:
                 groups.append(f"<code>{cls}: {', '.join(_fmt_arc(a) for a in arcs)}</code>")
         lines = ", ".join(str(n) for n in sorted(f.lines_missing))
         if lines:
@@ -1167,7 +1322,35 @@ def _branches(report: CoverageReport) -> str:
                 f"<td class=\"num\">{total_st} ({total_st.percent:.1f}%)</td><td></td></tr>")
     return (intro + "<table><tr><th>file</th><th>area</th><th>protocol branches</th>"
             "<th>all branches</th><th>statements</th><th>missing</th></tr>" + "".join(rows)
-            + "</table>")
+            + "</table>" + _unreachable_table(report.files))
+
+
+def _by_reason(f: FileBranches, arcs: Iterable[Arc]) -> list[tuple[str, list[Arc]]]:
+    """``arcs`` of ``f`` grouped by their unreachable reason (in line order)."""
+    groups: dict[str, list[Arc]] = {}
+    for a in sorted(arcs):
+        groups.setdefault(f.reasons.get(a, "(no reason recorded)"), []).append(a)
+    return sorted(groups.items(), key=lambda kv: kv[1][0])
+
+
+def _unreachable_table(files: Iterable[FileBranches]) -> str:
+    """Every arc excluded as unreachable, with the reason its marker gives."""
+    rows = []
+    for f in files:
+        marked = [a for a, cls in f.excluded.items() if cls == "unreachable"]
+        for why, arcs in _by_reason(f, marked):
+            taken = [a for a in arcs if a in f.branches_executed]
+            flag = (f' <span class="bad">taken: {", ".join(_fmt_arc(a) for a in taken)}</span>'
+                    if taken else "")
+            rows.append(f"<tr><td><code>{_e(f.path)}</code></td><td><code>"
+                        f"{', '.join(_fmt_arc(a) for a in arcs)}</code>{flag}</td>"
+                        f'<td class="why">{_e(why)}</td></tr>')
+    n = sum(1 for f in files for cls in f.excluded.values() if cls == "unreachable")
+    head = f'<h3 id="unreachable">Marked unreachable ({n} arcs, not counted)</h3>'
+    if not rows:
+        return head + "<p>none</p>"
+    return (head + "<table><tr><th>file</th><th>arcs</th><th>why the correct model never takes "
+            "them</th></tr>" + "".join(rows) + "</table>")
 
 
 def render_html(report: CoverageReport, title: str = "kvmfuzz protocol coverage") -> str:

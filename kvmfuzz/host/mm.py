@@ -102,6 +102,8 @@ class Mm:
     # -- page faults and GUP --------------------------------------------------------------
     def handle_mm_fault(self, hva: int) -> HostMapping | None:
         """Populate ``hva``: a THP if enabled and the aligned range is empty and uniform."""
+        # unreachable(true): both callers (get_user_page, host_write) return before calling handle_mm_fault()
+        #   for an hva without a VMA
         if hva not in self.prot:
             return None
         base = self.huge_base(hva)
@@ -110,6 +112,8 @@ class Mm:
                 and all(h in self.prot and h not in self.ptes for h in span)
                 and len({self.prot[h] for h in span}) == 1):
             self.pmds[base] = self.pages.alloc(self.huge_pages, "anon")
+        # unreachable(false): redundant re-check: both callers call handle_mm_fault() only after lookup(hva)
+        #   returned None, and nothing mapped it since
         elif self.lookup(hva) is None:
             self.ptes[hva] = self.pages.alloc(1, "anon")
         return self.lookup(hva)
@@ -263,6 +267,8 @@ class Mm:
         if hva not in self.prot or not self.prot[hva]:
             return False
         mapping = self.lookup(hva) or self.handle_mm_fault(hva)
+        # unreachable(true): handle_mm_fault() returns None only for an hva without a VMA, which host_write()
+        #   ruled out above
         if mapping is None:
             return False
         self.pages.write(mapping.pfn, token)

@@ -173,6 +173,8 @@ class Scheduler:
         on_done = actor.on_done
         actor.gen, actor.pending, actor.op_name, actor.on_done = None, None, None, None
         actor.ops_done += 1
+        # unreachable(false): every caller (Driver.start, Driver._setup_slot, real/model_backend) passes an
+        #   on_done callback
         if on_done is not None:
             on_done(result)
 

@@ -70,6 +70,8 @@ def mutex_lock(lock: Mutex, actor: Actor, point: enum.Enum) -> Op[None]:
 def read_lock(lock: RwLock, actor: Actor, point: enum.Enum) -> Op[None]:
     """read_lock(&kvm->mmu_lock)."""
     waiter = lock.read_waiter()
+    # unreachable(true): no writer holds mmu_lock across a preemption point (every write section drops it
+    #   before yielding: tdp_mmu_yield_lock, TDP_SPLIT_ALLOC), so a reader never finds it write-held
     if not waiter.ready(actor):
         yield Block(waiter, point)
     lock.acquire_read(actor)

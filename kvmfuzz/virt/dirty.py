@@ -53,6 +53,9 @@ _ALL_ONES = (1 << BITS_PER_LONG) - 1
 
 def mark_page_dirty_in_slot(vm: Vm, slot: Memslot, gfn: int) -> None:
     """mark_page_dirty_in_slot(): set the gfn's bit if the slot is logging."""
+    # unreachable(true): callers check slot.logging first (tdp_mmu_map_handle_target_level, fast PF
+    #   _mark_dirty); a logging slot has its bitmap until it is freed, after the synchronize_srcu() that waits
+    #   for the faulting vCPU
     if slot.dirty_bitmap is None or not slot.logging:
         return
     rel = gfn - slot.base_gfn
@@ -60,6 +63,8 @@ def mark_page_dirty_in_slot(vm: Vm, slot: Memslot, gfn: int) -> None:
 
 
 def dirty_bit(slot: Memslot, gfn: int) -> bool:
+    # unreachable(true): every caller (the D5 harvest check, the invariants) passes an active slot that logs
+    #   dirty pages, and kvm_prepare_memory_region() gives such a slot its bitmap
     if slot.dirty_bitmap is None:
         return False
     rel = gfn - slot.base_gfn
@@ -141,6 +146,8 @@ def _check_harvest(vm: Vm, slot: Memslot, clean: list[int], what: str) -> None:
     if not written:
         return
     for gfn in clean:
+        # unreachable(true): a D5 violation (a page written since the last harvest reported clean): only a
+        #   protocol bug records one
         if (gfn in written and not dirty_bit(slot, gfn)
                 and (slot.serial, gfn) not in vm.arch.ghost.pending_marks):
             vm.arch.ghost.lost_writes.append(

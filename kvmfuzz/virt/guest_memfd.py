@@ -76,10 +76,14 @@ def kvm_gmem_bind(vm: Vm, actor: Actor, slot: Memslot, fd: int, offset: int) -> 
 def kvm_gmem_unbind(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
     """kvm_gmem_unbind(): erase the bindings, clear slot->gmem.file."""
     f = slot.gmem_file
+    # unreachable(true): kvm_free_memslot() calls it only for a KVM_MEM_GUEST_MEMFD slot, which
+    #   kvm_gmem_bind() bound at creation, and frees a slot once
     if f is None:
         return
     yield from mutex_lock(f.invalidate_lock, actor, Point.GMEM_INVALIDATE_LOCK)
     for i in range(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages):
+        # unreachable(false): kvm_gmem_bind() refuses overlapping bindings and guest_memfd slots are never
+        #   moved: every index of the slot is bound to it until this unbind
         if f.bindings.get(i) is slot:
             del f.bindings[i]
     slot.gmem_file = None
@@ -89,9 +93,13 @@ def kvm_gmem_unbind(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
 def kvm_gmem_get_pfn(vm: Vm, slot: Memslot, gfn: int) -> tuple[int, Folio | None]:
     """kvm_gmem_get_pfn(): (pfn, folio with a reference) or (negative errno, None)."""
     f = slot.gmem_file
+    # unreachable(true): the faulting vCPU holds kvm->srcu and the slot is unbound only by kvm_free_memslot(),
+    #   after the DELETE's synchronize_srcu() waited for it (an INVALID slot retries first)
     if f is None:
         return -errno.EFAULT, None
     index = gfn - slot.base_gfn + slot.gmem_pgoff
+    # unreachable(true): the faulting vCPU holds kvm->srcu and the slot is unbound only by kvm_free_memslot(),
+    #   after the DELETE's synchronize_srcu() waited for it (an INVALID slot retries first)
     if f.bindings.get(index) is not slot:
         return -errno.EIO, None
     folio = f.folios.get(index)
@@ -113,6 +121,9 @@ def kvm_mmu_faultin_pfn_private(vm: Vm, actor: Actor, fault: PageFault) -> Op[in
         return -errno.EFAULT
     yield from preempt(Point.FAULT_GMEM_GET_PFN)
     pfn, folio = kvm_gmem_get_pfn(vm, slot, fault.gfn)
+    # unreachable(true): kvm_gmem_get_pfn() fails only for an unbound slot: the faulting vCPU holds kvm->srcu
+    #   and the slot is unbound only by kvm_free_memslot(), after the DELETE's synchronize_srcu() waited for
+    #   it (an INVALID slot retries first)
     if folio is None:
         fault.why = "private-gmem-error"
         return -errno.EFAULT

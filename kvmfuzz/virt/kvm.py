@@ -253,6 +253,8 @@ class Vm:
     def srcu_read_unlock(self, actor: Actor, idx: int) -> None:
         """srcu_read_unlock(&kvm->srcu) plus dropping the ghost views of that section."""
         self.srcu.read_unlock(actor, idx)
+        # unreachable(false): no actor nests kvm->srcu read sections: vcpu_run's (vCPUs) and
+        #   __kvm_handle_hva_range's (mm actors) are the only ones
         if not actor.srcu_idx:
             self.ghost.srcu_views.pop(actor.name, None)
 

@@ -261,7 +261,10 @@ def kvm_set_memslot(vm: Vm, actor: Actor, old: Memslot | None, new: Memslot | No
         yield from kvm_invalidate_memslot(vm, actor, old, invalid_slot)
         vm.ghost.slot_state[old.serial] = "zapped"
     r = kvm_prepare_memory_region(vm, old, new, change)
+    # unreachable(true): kvm_arch_prepare_memory_region() always returns 0 (allocation failures are not
+    #   modelled: the U4 failure path, see the module docstring)
     if r:
+        # unreachable: only under 'if r:' above, which the model never takes
         if invalid_slot is not None:
             yield from kvm_activate_memslot(vm, actor, invalid_slot, old)
             invalid_slot.freed = True

@@ -55,6 +55,8 @@ def kvm_mmu_invalidate_begin(vm: Vm, actor: Actor, window: Window | None) -> Non
         vm.mmu_invalidate_range_start = INVALID_GPA
         vm.mmu_invalidate_range_end = INVALID_GPA
     vm.ghost.begun += 1
+    # unreachable(false): every caller passes its ghost Window (MMU notifier, attributes, guest_memfd,
+    #   kvm_zap_gfn_range)
     if window is not None:
         window.began = True
         window.phase = "begun"
@@ -73,6 +75,8 @@ def kvm_mmu_invalidate_range_add(vm: Vm, window: Window | None, start: int, end:
             pass  # planted: the hull is not widened at the end
         else:
             vm.mmu_invalidate_range_end = max(vm.mmu_invalidate_range_end, end)
+    # unreachable(false): every caller passes its ghost Window (MMU notifier, attributes, guest_memfd,
+    #   kvm_zap_gfn_range)
     if window is not None:
         window.gfns.append(GfnRange(start, end))
 
@@ -88,6 +92,8 @@ def kvm_mmu_invalidate_end(vm: Vm, actor: Actor, window: Window | None) -> None:
     if vm.mmu_invalidate_range_start == INVALID_GPA:
         warn(vm, "invalidate_end with no range added")
     vm.ghost.begun -= 1
+    # unreachable(false): every caller passes its ghost Window (MMU notifier, attributes, guest_memfd,
+    #   kvm_zap_gfn_range)
     if window is not None:
         window.ended = True
         window.phase = "ended"
@@ -146,11 +152,15 @@ def __kvm_handle_hva_range(vm: Vm, actor: Actor, rng: HvaRange, *, on_lock: OnLo
                 found = True
                 if not lockless:
                     yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
+                    # unreachable(false): the callers that take mmu_lock (lockless=False:
+                    #   invalidate_range_start/end) always pass on_lock; on_lock=None comes only with lockless
+                    #   aging or the planted notifier_always_lockless
                     if on_lock is not None:
                         on_lock(vm, actor, window)
             if handler is not None:
                 ret |= yield from handler(vm, actor, gfn_range)
     locked = found and not lockless
+    # unreachable(true): only with the calibration bug calib_no_memslot_optimisation (the last conjunct)
     if (not found and on_lock is not None and not lockless
             and vm.bug("calib_no_memslot_optimisation")):
         # Calibration: no lock elision (as before 071064f14d87): lock and begin/end anyway. A
@@ -158,6 +168,7 @@ def __kvm_handle_hva_range(vm: Vm, actor: Actor, rng: HvaRange, *, on_lock: OnLo
         # held no slot's gfn), so that end's "no range added" WARN keeps its meaning.
         yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
         on_lock(vm, actor, window)
+        # unreachable: inside the calib_no_memslot_optimisation block above
         if on_lock is kvm_mmu_invalidate_begin and vm.mmu_invalidate_range_start == INVALID_GPA:
             vm.mmu_invalidate_range_start = vm.mmu_invalidate_range_end = 0
         locked = True

@@ -58,6 +58,8 @@ def fast_pf_fix_direct_spte(vm: Vm, fault: PageFault, it: TdpIter, old: int, new
         return False
     else:
         sp.spt[idx] = new
+    # unreachable(false): ghost: every present leaf records its Source (a fault always resolves one; split and
+    #   huge-page recovery copy it), so fault.source is set
     if fault.source is not None:
         sp.src[idx] = fault.source  # ghost: unchanged by a successful cmpxchg
     return True
@@ -78,6 +80,7 @@ def fast_page_fault(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op[in
     retry_count = 0
     while True:
         it = kvm_tdp_mmu_fast_pf_get_last_sptep(vm, root, fault.gfn)
+        # unreachable(true): for_each_tdp_pte() always yields at least the root's entry for the gfn
         if it is None:
             break
         spte = it.old_spte
@@ -100,6 +103,7 @@ def fast_page_fault(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault) -> Op[in
         fault.source = it.sp.src.get(it.idx)  # ghost: the leaf's source, kept by the fix
         early_mark = (vm.bug("fast_pf_marks_dirty_before_cmpxchg") and S.is_writable_pte(new)
                       and not S.is_writable_pte(spte) and fault.slot is not None)
+        # unreachable(true): early_mark is true only with the planted bug fast_pf_marks_dirty_before_cmpxchg
         if early_mark:
             from kvmfuzz.virt.dirty import mark_page_dirty_in_slot
             assert fault.slot is not None

@@ -125,6 +125,8 @@ def handle_mmio_page_fault(vm: Vm, vcpu: Vcpu, fault: PageFault) -> int:
         return RET_PF_EMULATE
     spte = vcpu.walk_leaf(fault.gfn)[0]  # get_mmio_spte(): a lockless walk
     m = vm.arch.masks
+    # unreachable(false): the hardware walk that found the MMIO SPTE and this lockless walk run in one atomic
+    #   step (kvm_check_requests() between them never yields), so it is still there
     if S.is_mmio_spte(m, spte):
         if not check_mmio_spte(vm, vcpu, spte):
             fault.why = "mmio-gen-stale"
@@ -311,6 +313,8 @@ def kvm_mmu_hugepage_adjust(vm: Vm, fault: PageFault) -> None:
         raise ModelError(f"VM_BUG_ON: gfn {fault.gfn:#x} and pfn {fault.pfn:#x} disagree "
                          f"modulo L{fault.goal_level}")
     fault.pfn &= ~(pages - 1)
+    # unreachable(false): a fault that gets here resolved its pfn from an hva, which sets fault.source
+    #   (private faults have max_level 1 and returned above)
     if fault.source is not None:
         fault.source = fault.source.offset(-(fault.gfn & (pages - 1)))
 
@@ -352,6 +356,8 @@ def _tdp_mmu_map_walk(vm: Vm, vcpu: Vcpu, actor: Actor, fault: PageFault,
             ok = tdp_mmu_split_huge_page(vm, it, child)
         else:
             ok = tdp_mmu_link_sp(vm, it, child)
+        # unreachable(true): the SPTE was read in this atomic step (no preemption point between the read and
+        #   the cmpxchg), so the cmpxchg cannot fail (link or split)
         if not ok:
             tdp_mmu_free_sp(vm, child)
             fault.why = "cmpxchg-lost-link"
@@ -390,6 +396,8 @@ def tdp_mmu_map_handle_target_level(vm: Vm, vcpu: Vcpu, actor: Actor, fault: Pag
         ret = RET_PF_SPURIOUS
     else:
         sp, idx = it.sp, it.idx
+        # unreachable(true): the SPTE was read in this atomic step (no preemption point between the read and
+        #   the cmpxchg), so the cmpxchg cannot fail
         if not tdp_mmu_set_spte_atomic(vm, it, new):
             fault.why = "cmpxchg-lost"
             vm.ghost.event("fault.retry.cmpxchg")
@@ -399,6 +407,8 @@ def tdp_mmu_map_handle_target_level(vm: Vm, vcpu: Vcpu, actor: Actor, fault: Pag
         if fault.slot is None:  # ghost (I15): the generation this MMIO SPTE was stamped with
             stable = mmio_generation_stable(full_gen)
             sp.mmio_gen[idx] = (full_gen & ~S.KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, not stable)
+        # unreachable(true): an I19 violation: is_page_fault_stale() rejected an invalid root under mmu_lock
+        #   (R), held since, and roots are invalidated only under mmu_lock (W)
         if sp.root_sp.role_invalid:  # ghost (I19)
             vm.arch.ghost.invalid_root_installs.append(
                 f"{vcpu.name} installed {S.format_spte(m, new, it.level)} for gfn {it.gfn:#x} "
@@ -408,6 +418,8 @@ def tdp_mmu_map_handle_target_level(vm: Vm, vcpu: Vcpu, actor: Actor, fault: Pag
                 not S.is_last_spte(old, it.level)
                 or S.leaf_spte_change_needs_tlb_flush(m, old, new)):
             kvm_flush_remote_tlbs_range(vm, actor, it.gfn, vm.arch.geo.pages(it.level))
+    # unreachable(true): write-tracking is not modelled: make_spte() is never passed write_tracked, so wrprot
+    #   is always false
     if wrprot and fault.write:
         ret = RET_PF_WRITE_PROTECTED
     if S.is_mmio_spte(m, new):

@@ -77,8 +77,13 @@ def tdp_mmu_make_huge_spte(vm: Vm, walk: TdpWalk,
 
 def _install(vm: Vm, it: TdpIter, huge: int, src: Source | None) -> bool:
     sp, idx = it.sp, it.idx
+    # unreachable(true): the parent was read before TDP_RECOVER_HUGE; a change meanwhile (a fault's huge
+    #   install under mmu_lock R, writers are excluded) froze the old child table, so tdp_mmu_make_huge_spte()
+    #   returned -ENOENT before this cmpxchg
     if not tdp_mmu_set_spte_atomic(vm, it, huge):
         return False
+    # unreachable(false): ghost: every present leaf records its Source (a fault always resolves one; split and
+    #   huge-page recovery copy it)
     if src is not None:
         sp.src[idx] = src
     vm.ghost.event(f"spte.recover.L{it.level}")
@@ -116,10 +121,13 @@ def recover_huge_pages_range(vm: Vm, actor: Actor, root: KvmMmuPage, slot: Memsl
                 # planted: drop mmu_lock with the huge SPTE already built, install it anyway
                 yield from tdp_mmu_yield_lock(vm, actor, flush, True)
                 flush = False
+                # unreachable: inside the planted recovery_ignores_invalidation branch
                 if _install(vm, it, huge, src):
                     flush = True
                 walk.restart()
                 break
+            # unreachable(false): _install() cannot fail: see its cmpxchg (the parent cannot change between
+            #   TDP_RECOVER_HUGE and here without freezing the child table)
             if _install(vm, it, huge, src):
                 flush = True
                 break
@@ -138,6 +146,9 @@ def kvm_mmu_recover_huge_pages(vm: Vm, actor: Actor, slot: Memslot) -> Op[None]:
         return
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
     for root in tdp_mmu_roots(vm, slot.as_id, True):
+        # unreachable(true): at most one valid root exists (every vCPU uses address space 0 and
+        #   kvm_tdp_mmu_alloc_root() reuses the valid root), and its reference is taken in the atomic step
+        #   that listed it, while it still holds the MMU's reference
         if not kvm_tdp_mmu_get_root(root):
             continue
         yield from recover_huge_pages_range(vm, actor, root, slot)

@@ -144,6 +144,9 @@ def kvm_tdp_mmu_zap_invalidated_roots(vm: Vm, actor: Actor) -> Op[None]:
     the MMU's reference (the root must stay reachable by notifiers while it is zapped)."""
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
     for root in tdp_mmu_roots(vm, -1, False):
+        # unreachable(true): the roots are listed in the atomic step that invalidated the only valid root, the
+        #   newest; the older ones before it are visited without yielding, so none can lose its last reference
+        #   first
         if not kvm_tdp_mmu_get_root(root):  # the yield-safe iterator's reference
             continue
         if root.scheduled_root_to_zap:
@@ -217,9 +220,11 @@ def kvm_mmu_zap_all_leafs(vm: Vm, actor: Actor) -> Op[None]:
     vm.slots_lock.assert_held(actor)
     yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
     flush = False
+    # unreachable: kvm_mmu_zap_all_leafs() runs only with the calibration bug calib_zap_all_on_delete
     for as_id in range(vm.config.nr_as):
         flush = yield from kvm_tdp_mmu_unmap_gfn_range(vm, actor, as_id, 0, vm.arch.geo.max_gfn,
                                                         True, flush)
+    # unreachable: kvm_mmu_zap_all_leafs() runs only with the calibration bug calib_zap_all_on_delete
     if flush:
         kvm_flush_remote_tlbs(vm, actor)
     vm.mmu_lock.write_unlock(actor)
@@ -308,6 +313,8 @@ def __kvm_mmu_max_mapping_level(vm: Vm, slot: Memslot, gfn: int, max_level: int,
         if not linfo[idx]:
             break
         max_level -= 1
+    # unreachable(true): private faults have max_level 1 (order-0 guest_memfd folios) and return early in
+    #   kvm_mmu_hugepage_adjust(); huge-page recovery passes is_private=False
     if is_private:
         return max_level
     if max_level == 1:
@@ -483,6 +490,8 @@ def wrprot_gfn_range(vm: Vm, actor: Actor, root: KvmMmuPage, start: int, end: in
             if (not S.is_shadow_present_pte(it.old_spte) or not S.is_last_spte(it.old_spte, it.level)
                     or not S.is_writable_pte(it.old_spte)):
                 break
+            # unreachable(false): the walk reads the SPTE and cmpxchgs it in one atomic step (cond_resched()
+            #   restarts the walk when it yields), so the cmpxchg cannot fail
             if tdp_mmu_set_spte_atomic(vm, it, it.old_spte & ~S.PT_WRITABLE_MASK):
                 vm.ghost.event("spte.wrprot")
                 spte_set = True
@@ -499,6 +508,9 @@ def kvm_mmu_slot_remove_write_access(vm: Vm, actor: Actor, slot: Memslot,
     """
     yield from read_lock(vm.mmu_lock, actor, Point.MMU_LOCK_READ)
     for root in tdp_mmu_roots(vm, slot.as_id, True):
+        # unreachable(true): at most one valid root exists (every vCPU uses address space 0 and
+        #   kvm_tdp_mmu_alloc_root() reuses the valid root), and its reference is taken in the atomic step
+        #   that listed it, while it still holds the MMU's reference
         if not kvm_tdp_mmu_get_root(root):
             continue
         yield from wrprot_gfn_range(vm, actor, root, slot.base_gfn, slot.base_gfn + slot.npages,
@@ -512,6 +524,7 @@ def kvm_zap_all_roots_now(vm: Vm, actor: Actor) -> Op[None]:
     yield from write_lock(vm.mmu_lock, actor, Point.MMU_LOCK_WRITE)
     flush = yield from kvm_tdp_mmu_unmap_gfn_range(vm, actor, 0, 0, vm.arch.geo.max_gfn,
                                                     False, False)
+    # unreachable: kvm_zap_all_roots_now() has no caller (a test helper that no test uses)
     if flush:
         kvm_flush_remote_tlbs(vm, actor)
     vm.mmu_lock.write_unlock(actor)

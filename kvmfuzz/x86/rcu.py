@@ -60,6 +60,8 @@ class Rcu:
     def read_lock(self, actor: Actor) -> None:
         """rcu_read_lock()."""
         reader = self.readers.get(actor.name)
+        # unreachable(false): no model path nests rcu_read_lock(): each read-side section (fast PF, map, zap,
+        #   split, recovery, aging, dirty-log protection) is opened and closed in one function
         if reader is None:
             self.readers[actor.name] = RcuReader(actor.name, 1, self.tick())
         else:
@@ -71,6 +73,8 @@ class Rcu:
         if reader is None:
             raise ModelError(f"{actor.name}: rcu_read_unlock() outside a read-side section")
         reader.depth -= 1
+        # unreachable(false): no model path nests rcu_read_lock(): each read-side section (fast PF, map, zap,
+        #   split, recovery, aging, dirty-log protection) is opened and closed in one function
         if reader.depth == 0:
             del self.readers[actor.name]
             self.reclaim(vm)
@@ -103,5 +107,7 @@ class Rcu:
 
     def note_freed(self, sp: KvmMmuPage) -> None:
         """Ghost: ``sp`` was just freed (by reclaim, or directly if it was never published)."""
+        # unreachable(true): a published table is freed only by reclaim(), once no reader predates its
+        #   removal; direct frees (a lost link, an unused split table) are of tables never published
         if sp.published and self.readers_before(sp.removed_at):
             self.freed.append(sp)

@@ -170,12 +170,19 @@ class SpteMasks:
 
 def _mmio_spte_mask(mmio_value: int, mmio_mask: int, caching: bool) -> int:
     """kvm_mmu_set_mmio_spte_mask(): the MMIO value that survives the sanity checks (0 = off)."""
+    # unreachable(true): the model builds its masks with ept_masks(mmio_caching=True) (driver.build_vm);
+    #   legacy_masks() is not used by the model
     if not caching:
         return 0
+    # unreachable(true): the EPT MMIO mask (RWX | SUPPRESS_VE) is inside SPTE_MMIO_ALLOWED_MASK (the model
+    #   uses EPT masks only)
     if mmio_mask & ~SPTE_MMIO_ALLOWED_MASK:
         return 0
+    # unreachable(true): the EPT MMIO value (W|X) is under its mask (the model uses EPT masks only)
     if (mmio_value & mmio_mask) != mmio_value:
         return 0
+    # unreachable(true): FROZEN_SPTE under the EPT MMIO mask is bit 63 alone, not the MMIO value W|X (the
+    #   model uses EPT masks only)
     if mmio_value and (FROZEN_SPTE & mmio_mask) == mmio_value:
         return 0
     return mmio_value
@@ -327,6 +334,8 @@ def is_dirty_spte(m: SpteMasks, spte: int) -> bool:
     With hardware A/D off (``kvm_ad_enabled`` false or the SPTE's A/D type disabled) dirty
     logging write-protects, so W is what records a write; otherwise the CPU sets D.
     """
+    # unreachable: is_dirty_spte() is not called by the model (an spte.h helper unit-tested in
+    #   tests/x86/test_spte_table.py)
     if m.ad_enabled and spte_ad_enabled(spte):
         return bool(spte & m.dirty_mask)
     return is_writable_pte(spte)
@@ -351,8 +360,12 @@ def spte_needs_atomic_update(m: SpteMasks, spte: int) -> bool:
     Fast PF may set W (MMU-writable but not W); aging/fast PF may track/restore A/D-disabled
     SPTEs; the CPU may set D (W without D). A alone is tolerated.
     """
+    # unreachable: spte_needs_atomic_update() is not called by the model (an spte.h helper unit-tested in
+    #   tests/x86/test_spte_table.py)
     if not is_writable_pte(spte) and is_mmu_writable_spte(m, spte):
         return True
+    # unreachable: spte_needs_atomic_update() is not called by the model (an spte.h helper unit-tested in
+    #   tests/x86/test_spte_table.py)
     if not spte_ad_enabled(spte):
         return True
     return is_writable_pte(spte) and not spte & m.dirty_mask
@@ -376,8 +389,12 @@ def is_access_allowed(m: SpteMasks, spte: int, *, write: bool, exec: bool) -> bo
 
 def mark_spte_for_access_track(m: SpteMasks, spte: int) -> int:
     """mark_spte_for_access_track(): clear A, or (A/D disabled) save R/X and clear RWX and A."""
+    # unreachable(true): only A/D-disabled SPTEs get here: aging tests spte_ad_enabled() first, and
+    #   make_spte()'s prefetch path is never taken
     if spte_ad_enabled(spte):
         return spte & ~m.accessed_mask & _U64
+    # unreachable(true): aging passes a leaf it saw accessed, and an access-tracked SPTE never has A set
+    #   (mark_spte_for_access_track() clears it, every other producer sets R)
     if is_access_track_spte(m, spte):
         return spte
     # The kernel WARNs here on a broken writable trio or non-zero saved bits, then goes on.
@@ -400,9 +417,13 @@ def restore_acc_track_spte(m: SpteMasks, spte: int) -> int:
 def _modify_spte_protections(m: SpteMasks, spte: int, set_bits: int, clear_bits: int) -> int:
     """modify_spte_protections(): change permission bits, through access tracking if tracked."""
     tracked = is_access_track_spte(m, spte)
+    # unreachable: _modify_spte_protections() is only called with nx_huge_active, which is never passed: NX
+    #   huge pages are not modelled
     if tracked:
         spte = restore_acc_track_spte(m, spte)
     spte = (spte | set_bits) & ~clear_bits & _U64
+    # unreachable: _modify_spte_protections() is only called with nx_huge_active, which is never passed: NX
+    #   huge pages are not modelled
     if tracked:
         spte = mark_spte_for_access_track(m, spte)
     return spte
@@ -444,17 +465,21 @@ def make_spte(m: SpteMasks, *, level: int, gfn: int, pfn: int, old_spte: int, ac
     spte = SPTE_MMU_PRESENT_MASK
     if ad_disabled:
         spte |= SPTE_TDP_AD_DISABLED
+    # unreachable(true): ad_need_write_protect is never passed (no nested TDP, no PML)
     elif ad_need_write_protect:
         spte |= SPTE_TDP_AD_WRPROT_ONLY
 
     spte |= m.present_mask
+    # unreachable(false): prefetch is never true: the model has no prefetch (PageFault.prefetch stays False)
     if not prefetch or synchronizing:
         spte |= m.accessed_mask
 
+    # unreachable(true): nx_huge_active is never passed: NX huge pages are not modelled
     if level > PG_LEVEL_4K and access & ACC_EXEC_MASK and nx_huge_active:
         access &= ~ACC_EXEC_MASK
 
     spte |= m.x_mask if access & ACC_EXEC_MASK else m.nx_mask
+    # unreachable(false): the TDP MMU always passes access=ACC_ALL
     if access & ACC_USER_MASK:
         spte |= m.user_mask
     if level > PG_LEVEL_4K:
@@ -472,11 +497,13 @@ def make_spte(m: SpteMasks, *, level: int, gfn: int, pfn: int, old_spte: int, ac
     wrprot = False
     if access & ACC_WRITE_MASK:
         old_writable_leaf = is_last_spte(old_spte, level) and is_writable_pte(old_spte)
+        # unreachable(true): write_tracked is never passed: write-tracking is not modelled
         if not old_writable_leaf and write_tracked:
             wrprot = True
         else:
             spte |= PT_WRITABLE_MASK | m.mmu_writable_mask | m.dirty_mask
 
+    # unreachable(true): prefetch is never true: the model has no prefetch (PageFault.prefetch stays False)
     if prefetch and not synchronizing:
         spte = mark_spte_for_access_track(m, spte)
 
@@ -508,8 +535,11 @@ def make_small_spte(m: SpteMasks, geo: Geometry, huge_spte: int, huge_level: int
         raise ModelError(f"make_small_spte on a non-huge SPTE {format_spte(m, huge_spte)}")
     child_level = huge_level - 1
     child = huge_spte | (index * geo.pages(child_level)) << PAGE_SHIFT
+    # unreachable(false): only 2M leaves are split: no 1G leaf exists (the host maps at most PMD-sized THPs
+    #   and private faults are order 0)
     if child_level == PG_LEVEL_4K:
         child &= ~PT_PAGE_SIZE_MASK
+        # unreachable(true): nx_huge_active is never passed: NX huge pages are not modelled
         if role_allows_exec and nx_huge_active:
             child = _modify_spte_protections(m, child, m.x_mask, m.nx_mask)
     return child
@@ -527,6 +557,7 @@ def make_huge_spte(m: SpteMasks, geo: Geometry, small_spte: int, huge_level: int
         raise ModelError(f"make_huge_spte on a non-present SPTE {format_spte(m, small_spte)}")
     huge = small_spte | PT_PAGE_SIZE_MASK
     huge &= ~((geo.pages(huge_level) - 1) << PAGE_SHIFT) & _U64
+    # unreachable(true): nx_huge_active is never passed: NX huge pages are not modelled
     if nx_huge_active:
         huge = _modify_spte_protections(m, huge, m.nx_mask, m.x_mask)
     return huge
@@ -574,6 +605,8 @@ def get_mmio_spte_access(m: SpteMasks, spte: int) -> int:
 
 def check_mmio_spte_generation(spte: int, current_generation: int) -> bool:
     """check_mmio_spte() (mmu.c): False while memslots update, or if the 19 bits differ."""
+    # unreachable: check_mmio_spte_generation() is not called by the model (an spte.h helper unit-tested in
+    #   tests/x86/test_spte_table.py); fault.py's check_mmio_spte_gen() applies the model's generation width
     if current_generation & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
         return False
     return (current_generation & MMIO_SPTE_GEN_MASK) == get_mmio_spte_generation(spte)

@@ -285,6 +285,8 @@ def handle_removed_pt(vm: Vm, sp: KvmMmuPage, shared: bool) -> None:
     geo = vm.arch.geo
     for idx in range(geo.ptes_per_table):
         old = sp.spt[idx]
+        # unreachable(true): no path under exclusive mmu_lock removes a page table: tdp_mmu_iter_set_spte()
+        #   only changes leaves or links over a huge leaf; tables are removed under mmu_lock (R)
         if not shared and not S.is_shadow_present_pte(old):
             continue  # exclusive mmu_lock: nothing can make it present; MMIO SPTEs may stay
         if S.is_frozen_spte(old):
@@ -335,6 +337,9 @@ def handle_changed_spte(vm: Vm, sp: KvmMmuPage, idx: int, gfn: int, old: int, ne
 def tdp_mmu_set_spte_atomic(vm: Vm, it: TdpIter, new: int) -> bool:
     """tdp_mmu_set_spte_atomic(): cmpxchg; on failure refresh ``it.old_spte``, return False."""
     current = it.sp.spt[it.idx]
+    # unreachable(true): every caller reads the SPTE and cmpxchgs it in one atomic step, except huge-page
+    #   recovery, whose tdp_mmu_make_huge_spte() returns -ENOENT when the parent changed during
+    #   TDP_RECOVER_HUGE
     if current != it.old_spte:
         it.old_spte = current
         vm.ghost.event("spte.cmpxchg_lost")
@@ -415,9 +420,13 @@ def __tdp_mmu_zap_root(vm: Vm, actor: Actor, root: KvmMmuPage, shared: bool,
                 break
             if not S.is_shadow_present_pte(it.old_spte) or it.level > zap_level:
                 break
+            # unreachable(true): tdp_mmu_zap_root() is only called by kvm_tdp_mmu_zap_invalidated_roots(),
+            #   with shared=True
             if not shared:
                 tdp_mmu_iter_set_spte(vm, actor, it, S.SHADOW_NONPRESENT_VALUE)
                 break
+            # unreachable(false): the walk reads the SPTE and cmpxchgs it in one atomic step (cond_resched()
+            #   restarts the walk when it yields), so the cmpxchg cannot fail
             if tdp_mmu_set_spte_atomic(vm, it, S.SHADOW_NONPRESENT_VALUE):
                 break
 
@@ -451,6 +460,9 @@ def kvm_tdp_mmu_zap_leafs(vm: Vm, actor: Actor, start: int, end: int, flush: boo
     """kvm_tdp_mmu_zap_leafs(): zap leaves in the range in every *valid* root of every AS."""
     vm.mmu_lock.assert_held_write(actor)
     for root in tdp_mmu_roots(vm, -1, True):
+        # unreachable(true): at most one valid root exists (every vCPU uses address space 0 and
+        #   kvm_tdp_mmu_alloc_root() reuses the valid root), and its reference is taken in the atomic step
+        #   that listed it, while it still holds the MMU's reference
         if not kvm_tdp_mmu_get_root(root):
             continue
         flush = yield from tdp_mmu_zap_leafs(vm, actor, root, start, end, True, flush)
@@ -465,6 +477,8 @@ def tdp_mmu_link_sp(vm: Vm, it: TdpIter, sp: KvmMmuPage, shared: bool = True,
     """tdp_mmu_link_sp(): point the parent SPTE at ``sp`` (cmpxchg when shared)."""
     new = S.make_nonleaf_spte(vm.arch.masks, sp.pfn, not vm.config.ad_bits)
     if shared:
+        # unreachable(true): every caller (fault walk, split) reads the SPTE and links in one atomic step, so
+        #   the cmpxchg cannot fail
         if not tdp_mmu_set_spte_atomic(vm, it, new):
             return False
     else:
@@ -487,9 +501,13 @@ def tdp_mmu_split_huge_page(vm: Vm, it: TdpIter, sp: KvmMmuPage, shared: bool = 
     sp.src.clear()
     for i in range(geo.ptes_per_table):
         sp.spt[i] = S.make_small_spte(m, geo, huge, it.level, i)
+        # unreachable(false): ghost: every present leaf records its Source (a fault always resolves one; split
+        #   and huge-page recovery copy it)
         if src is not None:
             sp.src[i] = src.offset(i * geo.pages(it.level - 1))
     ok = tdp_mmu_link_sp(vm, it, sp, shared, actor)
+    # unreachable(false): the link cannot fail: every caller reads the huge SPTE and splits it in one atomic
+    #   step
     if ok:
         vm.ghost.event(f"spte.split.L{it.level}")
     return ok
@@ -526,6 +544,8 @@ def tdp_mmu_split_huge_pages_root(vm: Vm, actor: Actor, root: KvmMmuPage, start:
                 walk.restart()
                 break
             tdp_mmu_init_child_sp(sp, it)
+            # unreachable(false): the split cannot fail: the huge SPTE was read in this atomic step (after a
+            #   yield the walk restarts and re-reads it)
             if tdp_mmu_split_huge_page(vm, it, sp, shared, actor):
                 sp = None
                 break
@@ -540,6 +560,9 @@ def kvm_tdp_mmu_try_split_huge_pages(vm: Vm, actor: Actor, as_id: int, start: in
     """kvm_tdp_mmu_try_split_huge_pages(): split in every valid root of the slot's AS."""
     vm.mmu_lock.assert_held(actor)
     for root in tdp_mmu_roots(vm, as_id, True):
+        # unreachable(true): at most one valid root exists (every vCPU uses address space 0 and
+        #   kvm_tdp_mmu_alloc_root() reuses the valid root), and its reference is taken in the atomic step
+        #   that listed it, while it still holds the MMU's reference
         if not kvm_tdp_mmu_get_root(root):
             continue
         yield from tdp_mmu_split_huge_pages_root(vm, actor, root, start, end, target_level, shared)

@@ -62,6 +62,8 @@ class Tlb:
             del self.entries[key]
 
     def flush_root(self, root_id: int) -> None:
+        # unreachable(true): a vCPU loads a root only after dropping an obsolete one (or on first use), and an
+        #   invalid root never becomes valid again: no TLB entry carries the id of the root it loads
         for key in [k for k in self.entries if k[0] == root_id]:
             del self.entries[key]
 

@@ -98,6 +98,8 @@ class Vcpu:
         """The hardware page walk: (spte, level, table, index) of the last SPTE on the path."""
         vm = self.vm
         sp = self.root
+        # unreachable(true): callers walk the vCPU's own loaded root (hardware_access asserts it;
+        #   handle_mmio_page_fault runs inside the vCPU's fault), which only the vCPU itself drops
         if sp is None:
             return S.SHADOW_NONPRESENT_VALUE, 0, None, 0
         geo = vm.arch.geo
@@ -114,6 +116,8 @@ def kvm_check_requests(vm: Vm, vcpu: Vcpu) -> Op[None]:
     if KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in vcpu.requests:
         vcpu.requests.discard(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
         yield from kvm_mmu_free_obsolete_roots(vm, vcpu, vcpu.actor)
+    # unreachable(true): nothing makes KVM_REQ_TLB_FLUSH: remote flushes drop the TLB entries directly
+    #   (x86/tlb.py)
     if KVM_REQ_TLB_FLUSH in vcpu.requests:
         vcpu.requests.discard(KVM_REQ_TLB_FLUSH)
         vcpu.tlb.flush_all()
