@@ -7,8 +7,11 @@ only source of randomness; a time budget only decides how many rounds run). When
 fails, each failure (Hypothesis shrinks it and replays the shrunk example last) is identified by
 its *signature* (``kvmfuzz.corpus.signature``: the invariant's title plus the operation and
 point of the last step), checked to replay without Hypothesis, and saved to the corpus
-directory as one JSON schedule. Later rounds treat a known signature as an invalid example
-(``hypothesis.reject``), so they look for, and shrink toward, new failures only.
+directory as one JSON schedule. Odd rounds run the ``WeavingMachine`` (the machine plus the
+coverage-driven ``weave`` rule: more interleaving pairs, less pointed at the races), even rounds
+the hunting machine the planted-bug tests and the benchmark measure. Later rounds treat a known
+signature as an invalid example (``hypothesis.reject``), so they look for, and shrink toward,
+new failures only.
 
 Settings come from a Hypothesis profile (``PROFILES``: ``dev`` quick, ``ci`` derandomized and
 without an example database, ``long`` for campaigns). The example database (a directory,
@@ -360,7 +363,8 @@ def run_campaign(seconds: float, *, seed: int = 0, bug: str | None = None,
     if started is not None:
         started(result)  # the caller sees failures as they are kept, even if interrupted
     hooks = _Hooks(set(), stats, shrink_seconds=shrink_seconds, coverage=CoverageCollector())
-    machine = _recording_machine(make_machine(bug, stats=stats), hooks)
+    machines = (_recording_machine(make_machine(bug, stats=stats), hooks),
+                _recording_machine(make_machine(bug, stats=stats, weaving=True), hooks))
     every = min(5.0, max(0.5, seconds / 5)) if progress_every is None else progress_every
     start = time.monotonic()
     last_progress = start
@@ -377,7 +381,7 @@ def run_campaign(seconds: float, *, seed: int = 0, bug: str | None = None,
     hooks.deadline = start + seconds
     restore = _catch_sigint(hooks)
     try:
-        _rounds(result, hooks, machine, seconds, seed, start, values, db, profile, max_rounds,
+        _rounds(result, hooks, machines, seconds, seed, start, values, db, profile, max_rounds,
                 max_failures)
     finally:
         restore()
@@ -403,8 +407,8 @@ def _catch_sigint(hooks: _Hooks) -> Callable[[], None]:
     return restore
 
 
-def _rounds(result: CampaignResult, hooks: _Hooks, machine: type[KvmMachine], seconds: float,
-            seed: int, start: float, values: dict[str, Any], db: ExampleDatabase | None,
+def _rounds(result: CampaignResult, hooks: _Hooks, machines: tuple[type[KvmMachine], ...],
+            seconds: float, seed: int, start: float, values: dict[str, Any], db: ExampleDatabase | None,
             profile: str, max_rounds: int | None, max_failures: int | None) -> None:
     while (time.monotonic() - start < seconds and (max_rounds is None or result.rounds < max_rounds)
            and (max_failures is None or len(result.failures) < max_failures)):
@@ -416,6 +420,7 @@ def _rounds(result: CampaignResult, hooks: _Hooks, machine: type[KvmMachine], se
             phases=phases, report_multiple_bugs=True)
         # @seed on the machine class (get_state_machine_test copies it to the test) rather than
         # on the test: on a test, @seed also switches the example database off.
+        machine = machines[result.rounds % len(machines)]
         hypothesis.seed(seed + result.rounds)(machine)
         test = get_state_machine_test(machine, settings=round_settings)  # type: ignore[no-untyped-call]
         result.rounds += 1

@@ -75,6 +75,7 @@ class KvmMachine(RuleBasedStateMachine):
     private_mem: bool | None = None
     stats: Stats | None = None
     observe_steps: Any = None  # Driver.observe for every example (staticmethod; coverage)
+    weaving: bool = False  # WeavingMachine: coverage-driven set-ups (the ``weave`` rule)
 
     def __init__(self) -> None:
         super().__init__()
@@ -335,6 +336,8 @@ class KvmMachine(RuleBasedStateMachine):
             return
         stop = data.draw(st.sampled_from(RACE_STOPS[kind][1:]), label="stop")
         self._run_to(actor, frozenset({stop}))
+        if vm.sched.actor(actor).busy:
+            self._maybe_interpose(data, gfn)
         if not vm.sched.actor(actor).busy or not self._idle("vcpu"):
             return
         pages = vm.arch.geo.pages(2)
@@ -359,6 +362,7 @@ class KvmMachine(RuleBasedStateMachine):
             return
         stop = data.draw(st.sampled_from(RACE_STOPS[kind]), label="stop")
         self._run_to(actor, frozenset({stop}))
+        self._maybe_interpose(data, gfn)
         if data.draw(st.booleans(), label="resume"):
             self._run_to(victim, frozenset())
 
@@ -653,6 +657,10 @@ class KvmMachine(RuleBasedStateMachine):
         else:
             hva = self._hva(data)
         self._start(op, actor, hva=hva, npages=data.draw(st.integers(1, 8), label="npages"))
+        if self.weaving and data.draw(st.booleans(), label="to_race"):
+            self._run_to(actor, frozenset({"AGE_SPTE"}))  # an accessed leaf read, not yet aged
+            if self.d.vm.sched.actor(actor).busy:
+                self._maybe_interpose(data, self._actor_gfn(actor) or 0)
 
     def _x86_zap_gfn_range(self, data: st.DataObject) -> None:
         """kvm_zap_gfn_range() (MTRR / CR0.CD / APICv inhibit), here started by a VMM thread."""
@@ -858,6 +866,372 @@ class KvmMachine(RuleBasedStateMachine):
         self._start("enable_manual_protect", actor,
                     initially_set=data.draw(st.booleans(), label="initially_set"))
 
+    # -- interleavings for coverage: another kind of operation runs while one is stopped ----------
+    def _busy_actors(self) -> list[str]:
+        return [a.name for a in self.d.vm.sched.actors if a.busy]
+
+    def _interpose_kinds(self) -> list[str]:
+        """The kinds of operation (``kvmfuzz.coverage.KINDS``) that can start now, in
+        ``INTERPOSE_KINDS`` order (enabled family, idle actor)."""
+        vm = self.d.vm
+        out = []
+        if self._idle("vcpu"):
+            out.append("fault")
+        if self._idle("mm", "host"):
+            if any(op in self.host_ops for op in self._INVALIDATING):
+                out.append("invalidate")
+            if "mmap" in self.host_ops or "host_write" in self.host_ops:
+                out.append("host_atomic")
+            if "age" in self.host_ops:
+                out.append("age")
+        if self._idle("vmm", "memslot"):
+            out.append("memslot")
+        if vm.config.private_mem and self._idle("vmm", "attributes"):
+            out.append("attributes")
+        if vm.config.private_mem and self._idle("vmm", "punch_hole"):
+            out.append("punch_hole")
+        if self._idle("vmm", "dirty_log"):
+            out.append("dirty_log")
+        if self._idle("vmm", "zap_gfn_range"):
+            out.append("zap_gfn_range")
+        return out
+
+    def _actor_gfn(self, name: str) -> int | None:
+        """The gfn the operation of actor ``name`` works on: a vCPU's faulting gfn, else the
+        ``gfn`` / ``start`` / ``hva`` / ``slot`` argument it was started with."""
+        vm = self.d.vm
+        for v in vm.vcpus:
+            if v.actor.name == name and v.fault is not None:
+                return int(v.fault.gfn)
+        start = next((s for s in reversed(self.d.steps) if s.do == "start" and s.actor == name), None)
+        if start is None:
+            return None
+        args = dict(start.args)
+        for key in ("gfn", "start"):
+            if isinstance(args.get(key), int):
+                return int(args[key])
+        if isinstance(args.get("hva"), int):
+            for slots in vm.memslots:
+                for s in slots.ordered():
+                    g = s.hva_to_gfn(0x40000 + args["hva"])
+                    if g in s.gfns:
+                        return int(g)
+        if isinstance(args.get("slot"), int):
+            slot = vm.memslots[0].slots.get(args["slot"])
+            return None if slot is None else int(slot.base_gfn)
+        return None
+
+    def _start_kind(self, data: st.DataObject, kind: str, gfn: int) -> str | None:
+        """Start an operation of ``kind`` on an idle actor, working on ``gfn`` (or its slot);
+        the actor's name, or None when nothing could start."""
+        vm = self.d.vm
+        slot = vm.memslots[0].search(gfn)
+        if kind == "fault":
+            return self._race_access(data, gfn)
+        if kind in ("invalidate", "host_atomic", "age"):
+            actor = self._actor(data, "mm")
+            hva = slot.gfn_to_hva(gfn) - 0x40000 if slot is not None else gfn
+            ops = {"invalidate": [o for o in self._INVALIDATING if o in self.host_ops],
+                   "host_atomic": [o for o in ("mmap", "host_write") if o in self.host_ops],
+                   "age": ["clear_young", "test_young", "age"]}[kind]
+            op = data.draw(st.sampled_from(ops), label="op")
+            args: dict[str, Any] = {"hva": hva}
+            if op in ("dontneed", "munmap", "mprotect", "mmap", "age", "clear_young", "test_young"):
+                args["npages"] = data.draw(st.integers(1, 8), label="npages")
+            if op == "mprotect":
+                args["writable"] = data.draw(st.booleans(), label="writable")
+            self._start(op, actor, **args)
+            return actor
+        if kind == "memslot":
+            return self._race_memslot(data, gfn)
+        if kind == "attributes":
+            return self._race_attributes(data, gfn)
+        actor = self._actor(data, "vmm")
+        if kind == "punch_hole":
+            n = data.draw(st.integers(1, 8), label="npages")
+            self._start("punch_hole", actor, start=gfn, end=gfn + n)
+        elif kind == "zap_gfn_range":
+            start = max(0, gfn - data.draw(st.integers(0, 4), label="before"))
+            n = data.draw(st.integers(1, 16), label="npages")
+            self._start("zap_gfn_range", actor, start=start, end=start + n)
+        else:  # dirty_log
+            which = data.draw(st.sampled_from(["get", "clear", "enable"]), label="dirty_log")
+            sid = slot.id if slot is not None else data.draw(st.integers(0, 3), label="slot")
+            if which == "get":
+                self._start("get_dirty_log", actor, slot=sid)
+            elif which == "clear":
+                num = slot.npages if slot is not None else 64
+                self._start("clear_dirty_log", actor, slot=sid, first=0, num=num,
+                            mask=(1 << min(num, 64)) - 1)
+            else:
+                self._start("enable_manual_protect", actor,
+                            initially_set=data.draw(st.booleans(), label="initially_set"))
+        return actor
+
+    def _interpose(self, data: st.DataObject, gfn: int) -> str | None:
+        """Start an operation of a drawn kind near ``gfn`` and run it until it ends, blocks or
+        (drawn) stops at a race window: what ran while the stopped operations waited."""
+        kinds = self._interpose_kinds()
+        if not kinds:
+            return None
+        kind = data.draw(st.sampled_from(kinds), label="kind")
+        actor = self._start_kind(data, kind, gfn)
+        if actor is not None:
+            to_window = data.draw(st.booleans(), label="to_window")
+            self._run_to(actor, WINDOW_POINTS if to_window else frozenset())
+        return actor
+
+    def _maybe_interpose(self, data: st.DataObject, gfn: int) -> None:
+        """Run up to three operations (drawn kinds) one after the other while a set-up rule's
+        operation is stopped (none is the simpler choice, which shrinking moves toward); only
+        in weaving examples."""
+        if not self.weaving:
+            return
+        for _ in range(data.draw(st.integers(0, 3), label="interpose")):
+            self._interpose(data, gfn)
+
+    def _weave_kinds(self) -> list[str]:
+        """The coverage-driven set-ups possible now (``weave``)."""
+        if self.driver is None or self.plain or not self.weaving:
+            return []
+        out = []
+        if self._busy_actors() and self._interpose_kinds():
+            out.append("interpose")
+        if self._contention_possible():
+            out.append("contended")
+        if self._dirty_cycle_possible():
+            out.append("dirty_log_cycle")
+        return out
+
+    def _weave(self, data: st.DataObject) -> None:
+        """Interleavings the coverage universe asks for (kvmfuzz.coverage: points and (point,
+        kind) pairs): run another kind of operation while one is stopped; queue writers on
+        mmu_lock so that a walk yields it; a dirty-log cycle. One rule for the three, so that
+        they do not take the odds of the race rules from them (and, named after the ``start_``
+        rules, the rule index shrinks away from it)."""
+        kind = data.draw(st.sampled_from(self._weave_kinds()), label="weave")
+        getattr(self, f"_weave_{kind}")(data)
+
+    def _weave_interpose(self, data: st.DataObject) -> None:
+        """While an operation is stopped (at any point, or blocked on a lock), run an operation
+        of a drawn kind near the gfn it works on: every (point, kind) pair of the coverage
+        universe is one such rule away from a rule that stopped an operation there."""
+        for _ in range(data.draw(st.integers(1, 3), label="ops")):
+            busy = self._busy_actors()
+            if not busy:
+                return
+            victim = data.draw(st.sampled_from(busy), label="stopped")
+            gfn = self._actor_gfn(victim)
+            if gfn is None:
+                gfn = data.draw(st.sampled_from(self._slot_gfns() or [0]), label="gfn")
+            self._interpose(data, gfn)
+
+    # A writer of mmu_lock, started over a whole slot (so that its walk makes progress before
+    # it finds the lock contended): the kinds ``_weave_contended`` draws from.
+    _WRITERS = ("invalidate", "memslot", "attributes", "punch_hole", "dirty_log", "zap_gfn_range")
+
+    def _writer_kinds(self, slot: Any) -> list[str]:
+        vm = self.d.vm
+        out = []
+        if self._idle("mm", "host") and any(op in self.host_ops for op in ("dontneed", "munmap", "mprotect")):
+            out.append("invalidate")
+        if self._idle("vmm", "memslot"):
+            out.append("memslot")
+        if vm.config.private_mem and self._idle("vmm", "attributes"):
+            out.append("attributes")
+        if vm.config.private_mem and slot.has_gmem and self._idle("vmm", "punch_hole"):
+            out.append("punch_hole")
+        if self._idle("vmm", "dirty_log") and slot.logging:
+            out.append("dirty_log")
+        if self._idle("vmm", "zap_gfn_range"):
+            out.append("zap_gfn_range")
+        return out
+
+    def _start_writer(self, data: st.DataObject, kind: str, slot: Any) -> str | None:
+        """Start a writer of ``kind`` over all of ``slot`` (see ``_WRITERS``)."""
+        vm = self.d.vm
+        first, end = slot.base_gfn, slot.base_gfn + slot.npages
+        if kind == "invalidate":
+            actor = self._actor(data, "mm")
+            op = data.draw(st.sampled_from([o for o in ("dontneed", "munmap", "mprotect")
+                                            if o in self.host_ops]), label="op")
+            args: dict[str, Any] = {"hva": slot.userspace_addr - 0x40000, "npages": slot.npages}
+            if op == "mprotect":
+                args["writable"] = False
+            self._start(op, actor, **args)
+            return actor
+        if kind == "memslot":
+            actor = self._actor(data, "vmm")
+            return self._race_memslot_existing(data, actor, slot)
+        actor = self._actor(data, "vmm")
+        if kind == "attributes":
+            self._start("set_attributes", actor, start=first, end=end,
+                        private=not vm.kvm_mem_is_private(first))
+        elif kind == "punch_hole":
+            self._start("punch_hole", actor, start=first, end=end)
+        elif kind == "zap_gfn_range":
+            self._start("zap_gfn_range", actor, start=first, end=end)
+        elif vm.config.manual_protect:
+            self._start("clear_dirty_log", actor, slot=slot.id, first=0, num=slot.npages,
+                        mask=(1 << min(slot.npages, 64)) - 1)
+        else:
+            self._start("get_dirty_log", actor, slot=slot.id)
+        return actor
+
+    def _unmapped_slot_gfns(self) -> list[int]:
+        """Memslot gfns no present leaf maps (a fault there may link tables: TDP_MAP_STEP_DOWN,
+        where it holds mmu_lock for read)."""
+        geo = self.d.vm.arch.geo
+        leaves = self._mapped_leaves()
+        return [g for g in self._slot_gfns() if self.d.vm.memslots[0].search(g) is not None
+                and not any(lg <= g < lg + geo.pages(lvl) for lg, lvl, _ in leaves)]
+
+    def _contention_possible(self) -> bool:
+        if self.driver is None or self.plain or not self._idle("vcpu"):
+            return False
+        writers = sum(not a.busy for a in self.d.vm.sched.actors if a.kind in ("mm", "vmm"))
+        return writers >= 2 and bool(self._unmapped_slot_gfns())
+
+    def _weave_contended(self, data: st.DataObject) -> None:
+        """Writers queue on mmu_lock behind a fault that holds it for read, so that the next
+        walker under mmu_lock finds it contended and yields it (tdp_mmu_iter_cond_resched():
+        TDP_MMU_YIELD; an eager split drops it to allocate anyway: TDP_SPLIT_ALLOC), with an
+        operation of another kind run inside that window.
+
+        A vCPU faults on an unmapped gfn and stops at TDP_MAP_STEP_DOWN (mmu_lock held for
+        read); zero to two writers over the whole slot (host invalidation, memslot update,
+        attribute change, hole punch, GET/CLEAR_DIRTY_LOG, kvm_zap_gfn_range) run until they
+        block at MMU_LOCK_WRITE; the victim -- the first writer, or an operation already stopped
+        (a zap, split or recovery walk that will re-take the lock) -- runs until it blocks too;
+        the fault ends; the victim runs to its yield; another operation maybe runs meanwhile;
+        then the victim maybe resumes."""
+        vm = self.d.vm
+        stopped = [a for a in self._busy_actors() if vm.sched.is_runnable(vm.sched.actor(a))]
+        gfn = data.draw(st.sampled_from(self._unmapped_slot_gfns()), label="gfn")
+        slot = vm.memslots[0].search(gfn)
+        assert slot is not None
+        holder = self._race_access(data, gfn)
+        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
+        if not vm.sched.actor(holder).busy:
+            return  # no table to link (or it retried): nobody holds mmu_lock
+        writers: list[str] = []
+        for label in ("writer", "contender")[:data.draw(st.integers(0 if stopped else 1, 2),
+                                                         label="writers")]:
+            slot = vm.memslots[0].search(gfn) or slot
+            kinds = self._writer_kinds(slot)
+            if not kinds:
+                break
+            actor = self._start_writer(data, data.draw(st.sampled_from(kinds), label=label), slot)
+            if actor is None:
+                break
+            self._run_to(actor, frozenset({"MMU_LOCK_WRITE"}))
+            writers.append(actor)
+        candidates = writers + stopped
+        if not candidates:
+            self._run_to(holder, frozenset())
+            return
+        victim = data.draw(st.sampled_from(candidates), label="victim")
+        self._run_to(victim, frozenset({"MMU_LOCK_WRITE", "TDP_MMU_YIELD", "TDP_SPLIT_ALLOC"}))
+        self._maybe_interpose(data, gfn)  # while the writers (and maybe the victim) wait
+        self._run_to(holder, frozenset())
+        if not vm.sched.actor(victim).busy:
+            return
+        self._run_to(victim, frozenset({"TDP_MMU_YIELD", "TDP_SPLIT_ALLOC"}))
+        if not vm.sched.actor(victim).busy:
+            return
+        self._maybe_interpose(data, self._actor_gfn(victim) or gfn)
+        if data.draw(st.booleans(), label="resume"):
+            self._run_to(victim, frozenset())
+
+    def _create_aligned_slot(self, data: st.DataObject) -> Any:
+        """KVM_SET_USER_MEMORY_REGION2 creating a slot of two huge frames at the first free
+        frame-aligned gfns, hva = gfn (run to its end); the new slot, or None."""
+        vm = self.d.vm
+        used = {x.id for x in vm.memslots[0].ordered()}
+        free = [i for i in range(4) if i not in used]
+        size = 2 * vm.arch.geo.pages(2)
+        gfn = next((g for g in range(0, vm.arch.geo.max_gfn - size + 1, size)
+                    if all(vm.memslots[0].search(x) is None for x in range(g, g + size))), None)
+        if not free or gfn is None or not self._idle("vmm"):
+            return None
+        actor = self._actor(data, "vmm")
+        self._start("memslot", actor, slot=free[0], as_id=0, flags=0, gfn=gfn, npages=size, hva=gfn,
+                    gmem_offset=-1)
+        self._run_to(actor, frozenset())
+        return vm.memslots[0].slots.get(free[0])
+
+    def _dirty_cycle_possible(self) -> bool:
+        return (self.driver is not None and not self.plain and self._idle("vmm", "dirty_log")
+                and any(not s.has_gmem for s in self.d.vm.memslots[0].ordered()))
+
+    def _weave_dirty_log_cycle(self, data: st.DataObject) -> None:
+        """A migration's dirty-log cycle on one slot, each step run to its end unless a drawn
+        stop says otherwise: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (maybe INITIALLY_SET) if no slot
+        logs yet, pages faulted in (huge where THP backs them), logging enabled (eager split,
+        write-protect; stop at DIRTY_LOG_ENABLE_WRPROT / TDP_SPLIT_ALLOC), a guest write, then
+        KVM_GET_DIRTY_LOG or KVM_CLEAR_DIRTY_LOG (with INITIALLY_SET it splits huge pages
+        itself) stopped before its flush or at an allocation."""
+        vm = self.d.vm
+        logging = any(s_.logging for s_ in vm.memslots[0].ordered())
+        if not vm.config.manual_protect and not logging and data.draw(st.booleans(), label="manual"):
+            actor = self._actor(data, "vmm")
+            self._start("enable_manual_protect", actor,
+                        initially_set=data.draw(st.booleans(), label="initially_set"))
+            self._run_to(actor, frozenset())
+        # (guest_memfd slots cannot log dirty pages)
+        pool = [s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem]
+        framed = [s_ for s_ in pool if self._frames(s_)]
+        if not framed and vm.config.thp and data.draw(st.booleans(), label="new_slot"):
+            # no slot can hold a huge page: create one whose gfns and hvas line up
+            created = self._create_aligned_slot(data)
+            if created is None:
+                return
+            framed = [created]
+        s = data.draw(st.sampled_from(framed or pool), label="slot")
+        # a page of one of its huge frames mapped (huge where THP backs it and logging is off)
+        frames = self._frames(s) or [s.base_gfn]
+        if data.draw(st.booleans(), label="fault_in") and not self._ensure_mapped(
+                data, data.draw(st.sampled_from(frames), label="frame")):
+            return
+        if not self._idle("vmm", "dirty_log"):
+            return
+        if not s.logging and data.draw(st.booleans(), label="enable"):
+            actor = self._actor(data, "vmm")
+            self._start("memslot", actor, slot=s.id, as_id=0,
+                        flags=(s.flags & ~(1 << 16)) | KVM_MEM_LOG_DIRTY_PAGES, gfn=s.base_gfn,
+                        npages=s.npages, hva=s.userspace_addr - 0x40000,
+                        gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
+            stop = data.draw(st.sampled_from(["DONE", "DIRTY_LOG_ENABLE_WRPROT", "TDP_SPLIT_ALLOC"]),
+                             label="enable_stop")
+            self._run_to(actor, frozenset({stop}))
+            if vm.sched.actor(actor).busy:
+                self._maybe_interpose(data, s.base_gfn)
+                return
+            s = vm.memslots[0].slots.get(s.id, s)
+        if self._idle("vcpu") and data.draw(st.booleans(), label="dirty"):
+            vcpu = self._actor(data, "vcpu")
+            gfn = data.draw(st.sampled_from(range(s.base_gfn, s.base_gfn + min(s.npages, 16))),
+                            label="write_gfn")
+            self._start("access", vcpu, gfn=gfn, write=True, private=vm.kvm_mem_is_private(gfn),
+                        exec=False)
+            self._run_to(vcpu, frozenset())
+        if not s.logging or not self._idle("vmm", "dirty_log") or not data.draw(st.booleans(),
+                                                                                  label="harvest"):
+            return
+        actor = self._actor(data, "vmm")
+        if vm.config.manual_protect:
+            all_ones = (1 << min(s.npages, 64)) - 1
+            mask = data.draw(st.one_of(st.just(all_ones), st.integers(0, all_ones)), label="mask")
+            self._start("clear_dirty_log", actor, slot=s.id, first=0, num=s.npages, mask=mask)
+            before_flush = "CLEAR_DIRTY_LOG_BEFORE_FLUSH"
+        else:
+            self._start("get_dirty_log", actor, slot=s.id)
+            before_flush = "DIRTY_LOG_BEFORE_FLUSH"
+        stop = data.draw(st.sampled_from(["DONE", before_flush, "TDP_SPLIT_ALLOC"]), label="stop")
+        self._run_to(actor, frozenset({stop}))
+        if vm.sched.actor(actor).busy:
+            self._maybe_interpose(data, s.base_gfn)
+
     def _start(self, op: str, actor: str, **args: Any) -> None:
         self.d.start(op, actor, **args)
         if self.stats is not None:
@@ -923,9 +1297,25 @@ class KvmMachine(RuleBasedStateMachine):
                 self.stats.steps += len(self.d.steps) - before
 
 
+class WeavingMachine(KvmMachine):
+    """``KvmMachine`` plus the ``weave`` rule, and interpositions inside its race set-ups: the
+    interleavings the coverage universe asks for. Campaigns alternate rounds of the two
+    (``kvmfuzz.campaign``): weaving reaches more (point, kind) pairs, but dilutes the race
+    rules and gives compound schedules that shrink less well, so it is not the hunting
+    machine the planted-bug tests and the benchmark measure."""
+
+    weaving = True
+
+    @precondition(lambda self: bool(self._weave_kinds()))
+    @rule(data=st.data())
+    def weave(self, data: st.DataObject) -> None:
+        self._weave(data)
+
+
 def make_machine(bug: str | None = None, *, plain: bool = False, stats: Stats | None = None,
-                 private_mem: bool | None = None) -> type[KvmMachine]:
-    """A machine class for ``bug`` (None: the correct model)."""
-    name = f"KvmMachine_{bug or 'correct'}{'_plain' if plain else ''}"
-    return type(name, (KvmMachine,), {"bug": bug, "plain": plain, "stats": stats,
-                                      "private_mem": private_mem})
+                 private_mem: bool | None = None, weaving: bool = False) -> type[KvmMachine]:
+    """A machine class for ``bug`` (None: the correct model); ``weaving``: a WeavingMachine."""
+    name = f"{'Weaving' if weaving else 'Kvm'}Machine_{bug or 'correct'}{'_plain' if plain else ''}"
+    base = WeavingMachine if weaving else KvmMachine
+    return type(name, (base,), {"bug": bug, "plain": plain, "stats": stats,
+                                "private_mem": private_mem})
