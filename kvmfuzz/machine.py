@@ -931,9 +931,12 @@ class KvmMachine(RuleBasedStateMachine):
         if kind in ("invalidate", "host_atomic", "age"):
             actor = self._actor(data, "mm")
             hva = slot.gfn_to_hva(gfn) - 0x40000 if slot is not None else gfn
-            ops = {"invalidate": [o for o in self._INVALIDATING if o in self.host_ops],
-                   "host_atomic": [o for o in ("mmap", "host_write") if o in self.host_ops],
-                   "age": ["clear_young", "test_young", "age"]}[kind]
+            if kind == "invalidate":
+                ops = [o for o in self._INVALIDATING if o in self.host_ops]
+            elif kind == "host_atomic":
+                ops = [o for o in ("mmap", "host_write") if o in self.host_ops]
+            else:
+                ops = ["clear_young", "test_young", "age"]
             op = data.draw(st.sampled_from(ops), label="op")
             args: dict[str, Any] = {"hva": hva}
             if op in ("dontneed", "munmap", "mprotect", "mmap", "age", "clear_young", "test_young"):
