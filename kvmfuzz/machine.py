@@ -971,13 +971,16 @@ class KvmMachine(RuleBasedStateMachine):
                             initially_set=data.draw(st.booleans(), label="initially_set"))
         return actor
 
-    def _interpose(self, data: st.DataObject, gfn: int) -> str | None:
-        """Start an operation of a drawn kind near ``gfn`` and run it until it ends, blocks or
-        (drawn) stops at a race window: what ran while the stopped operations waited."""
-        kinds = self._interpose_kinds()
+    def _interpose(self, data: st.DataObject, gfn: int, done: set[str] | None = None) -> str | None:
+        """Start an operation of a drawn kind (not in ``done``, to which it is added) near
+        ``gfn`` and run it until it ends, blocks or (drawn) stops at a race window: what ran
+        while the stopped operations waited."""
+        kinds = [k for k in self._interpose_kinds() if done is None or k not in done]
         if not kinds:
             return None
         kind = data.draw(st.sampled_from(kinds), label="kind")
+        if done is not None:
+            done.add(kind)
         actor = self._start_kind(data, kind, gfn)
         if actor is not None:
             to_window = data.draw(st.booleans(), label="to_window")
@@ -990,30 +993,362 @@ class KvmMachine(RuleBasedStateMachine):
         in weaving examples."""
         if not self.weaving:
             return
+        done: set[str] = set()
         for _ in range(data.draw(st.integers(0, 3), label="interpose")):
-            self._interpose(data, gfn)
+            self._interpose(data, gfn, done)
 
-    def _weave_kinds(self) -> list[str]:
-        """The coverage-driven set-ups possible now (``weave``)."""
-        if self.driver is None or self.plain or not self.weaving:
-            return []
+    # -- weave: an operation stopped at a rare point, other kinds run meanwhile ------------------
+    # (recipe, the site of the coverage universe it stops an operation at)
+    STOPS = (("gmem_get_pfn", "fault@FAULT_GMEM_GET_PFN"), ("age_spte", "age@AGE_SPTE"),
+             ("recover_huge", "memslot@TDP_RECOVER_HUGE"), ("enable_split", "memslot@TDP_SPLIT_ALLOC"),
+             ("enable_wrprot", "memslot@DIRTY_LOG_ENABLE_WRPROT"),
+             ("clear_split", "dirty_log@TDP_SPLIT_ALLOC"), ("clear_yield", "dirty_log@TDP_MMU_YIELD"),
+             ("enable_yield", "memslot@TDP_MMU_YIELD (eager split or write-protect walk)"),
+             ("gmem_lock", "memslot@GMEM_INVALIDATE_LOCK / punch_hole@GMEM_INVALIDATE_LOCK"),
+             ("harvest_lock", "dirty_log@MMU_LOCK_WRITE"), ("memslot_lock", "memslot@MMU_LOCK_WRITE"),
+             ("before_flush", "dirty_log@DIRTY_LOG_BEFORE_FLUSH / @CLEAR_DIRTY_LOG_BEFORE_FLUSH"))
+
+    def _stops(self) -> list[str]:
+        """The ``STOPS`` recipes that can start now (a cheap test: the recipe may still find
+        it cannot get there, and then stops early)."""
+        vm = self.d.vm
+        vcpu, mm, vmm = self._idle("vcpu"), self._idle("mm", "host"), self._idle("vmm")
+        plain_slots = [s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem]
+        gmem = vm.config.private_mem and any(s_.has_gmem for s_ in vm.memslots[0].ordered())
         out = []
-        if self._busy_actors() and self._interpose_kinds():
-            out.append("interpose")
-        if self._contention_possible():
-            out.append("contended")
-        if self._dirty_cycle_possible():
-            out.append("dirty_log_cycle")
-        return out
+        if gmem and vcpu and self._idle("vmm", "attributes"):
+            out.append("gmem_get_pfn")
+        if plain_slots and vcpu and mm and "age" in self.host_ops:
+            out.append("age_spte")
+        # (the dirty-log recipes take slots_lock, often more than once: not while it is held)
+        dirty = (self._idle("vmm", "dirty_log") and (bool(plain_slots) or vm.config.thp)
+                 and vm.slots_lock.owner is None)
+        if dirty and vcpu:
+            if vm.config.eager_split and not vm.config.initially_set:
+                out.append("enable_wrprot")
+            if vm.config.thp:
+                out.append("recover_huge")
+                if vm.config.eager_split and not vm.config.initially_set:
+                    out += ["enable_split", "enable_yield"]
+                if vm.config.initially_set or not (vm.config.manual_protect or any(
+                        s_.logging for s_ in plain_slots)):
+                    out += ["clear_split", "clear_yield"]
+        if gmem and sum(not a.busy for a in vm.sched.actors if a.kind == "vmm") >= 2 \
+                and "punch_hole" in self.families:
+            out.append("gmem_lock")
+        if dirty and vcpu and plain_slots and bool(self._unmapped_slot_gfns()):
+            out.append("harvest_lock")
+        if dirty and plain_slots:
+            out.append("before_flush")
+        if vcpu and self._idle("vmm", "memslot") and len(vm.memslots[0].slots) >= 2 \
+                and bool(self._unmapped_slot_gfns()):
+            out.append("memslot_lock")
+        return out if vmm else []
 
-    def _weave(self, data: st.DataObject) -> None:
-        """Interleavings the coverage universe asks for (kvmfuzz.coverage: points and (point,
-        kind) pairs): run another kind of operation while one is stopped; queue writers on
-        mmu_lock so that a walk yields it; a dirty-log cycle. One rule for the three, so that
-        they do not take the odds of the race rules from them (and, named after the ``start_``
-        rules, the rule index shrinks away from it)."""
-        kind = data.draw(st.sampled_from(self._weave_kinds()), label="weave")
-        getattr(self, f"_weave_{kind}")(data)
+    def _weave_stop_at(self, data: st.DataObject) -> None:
+        """Stop an operation at one of the rare points of ``STOPS`` (each recipe sets up what
+        that point needs), run one to six operations of distinct drawn kinds meanwhile, then
+        maybe let it go on."""
+        recipe = data.draw(st.sampled_from(self._stops()), label="stop_at")
+        got = getattr(self, f"_stop_{recipe}")(data)
+        if got is None:
+            return
+        actor, gfn = got
+        done: set[str] = set()  # each kind at most once
+        for _ in range(data.draw(st.integers(1, 6), label="interpose")):
+            if not self.d.vm.sched.actor(actor).busy:
+                return
+            self._interpose(data, gfn, done)
+        if data.draw(st.booleans(), label="resume"):
+            self._run_to(actor, frozenset())
+
+    def _stopped_at(self, actor: str, gfn: int) -> tuple[str, int] | None:
+        return (actor, gfn) if self.d.vm.sched.actor(actor).busy else None
+
+    def _framed_slot(self, data: st.DataObject) -> Any:
+        """A non-guest_memfd slot with a whole huge frame (created when none has one)."""
+        vm = self.d.vm
+        framed = [s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem and self._frames(s_)]
+        if framed:
+            return data.draw(st.sampled_from(framed), label="slot")
+        return self._create_aligned_slot(data) if vm.config.thp else None
+
+    def _set_logging(self, data: st.DataObject, s: Any, on: bool, stop: str = "DONE") -> str | None:
+        """Toggle dirty logging of slot ``s`` (run to ``stop``); the vmm actor."""
+        if not self._idle("vmm"):
+            return None
+        actor = self._actor(data, "vmm")
+        flags = s.flags & ~(1 << 16)
+        flags = flags | KVM_MEM_LOG_DIRTY_PAGES if on else flags & ~KVM_MEM_LOG_DIRTY_PAGES
+        self._start("memslot", actor, slot=s.id, as_id=0, flags=flags, gfn=s.base_gfn,
+                    npages=s.npages, hva=s.userspace_addr - 0x40000,
+                    gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
+        self._run_to(actor, frozenset({stop}))
+        return actor
+
+    def _logging_off(self, data: st.DataObject, s: Any) -> Any:
+        """Slot ``s`` with dirty logging off (turned off first if on), or None."""
+        if s is None or not s.logging:
+            return s
+        self._set_logging(data, s, False)
+        s = self.d.vm.memslots[0].slots.get(s.id)
+        return None if s is None or s.logging else s
+
+    def _stop_gmem_get_pfn(self, data: st.DataObject) -> tuple[str, int] | None:
+        vm = self.d.vm
+        s = data.draw(st.sampled_from([s_ for s_ in vm.memslots[0].ordered() if s_.has_gmem]
+                                      or [None]), label="slot")
+        if s is None:
+            return None
+        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        if not vm.kvm_mem_is_private(gfn):
+            actor = self._actor(data, "vmm")
+            self._start("set_attributes", actor, start=gfn, end=gfn + 1, private=True)
+            self._run_to(actor, frozenset())
+        if not vm.kvm_mem_is_private(gfn) or not self._idle("vcpu"):
+            return None
+        vcpu = self._actor(data, "vcpu")
+        self._start("access", vcpu, gfn=gfn, write=data.draw(st.booleans(), label="write"),
+                    private=True, exec=False)
+        self._run_to(vcpu, frozenset({"FAULT_GMEM_GET_PFN"}))
+        return self._stopped_at(vcpu, gfn)
+
+    def _stop_age_spte(self, data: st.DataObject) -> tuple[str, int] | None:
+        vm = self.d.vm
+        s = data.draw(st.sampled_from([s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem]),
+                      label="slot")
+        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        if not self._ensure_mapped(data, gfn) or not self._idle("mm", "host"):
+            return None
+        actor = self._actor(data, "mm")
+        self._start(data.draw(st.sampled_from(["clear_young", "age"]), label="op"), actor,
+                    hva=s.gfn_to_hva(gfn) - 0x40000, npages=1)
+        self._run_to(actor, frozenset({"AGE_SPTE"}))
+        return self._stopped_at(actor, gfn)
+
+    def _stop_recover_huge(self, data: st.DataObject) -> tuple[str, int] | None:
+        s = self._framed_slot(data)
+        if s is None or s.readonly:
+            return None
+        gfn = data.draw(st.sampled_from(self._frames(s)), label="frame")
+        if not self._ensure_mapped(data, gfn):
+            return None
+        if not s.logging:
+            self._set_logging(data, s, True)
+            s = self.d.vm.memslots[0].slots.get(s.id)
+            if s is None or not s.logging:
+                return None
+        if self._idle("vcpu"):  # a write splits the frame if eager split did not
+            vcpu = self._actor(data, "vcpu")
+            self._start("access", vcpu, gfn=gfn, write=True, private=False, exec=False)
+            self._run_to(vcpu, frozenset())
+        actor = self._set_logging(data, s, False, "TDP_RECOVER_HUGE")
+        return None if actor is None else self._stopped_at(actor, gfn)
+
+    def _map_frames(self, data: st.DataObject, s: Any, frames: int) -> int | None:
+        """Fault in the first gfn of a drawn huge frame of ``s`` (``frames`` 2: of its first
+        two frames too, so that a walk over the slot makes progress between them)."""
+        gfn = data.draw(st.sampled_from(self._frames(s)), label="frame")
+        for g in sorted({gfn, *self._frames(s)[:frames if frames > 1 else 0]}):
+            if not self._ensure_mapped(data, g):
+                return None
+        return gfn
+
+    def _stop_enable_split(self, data: st.DataObject, frames: int = 1) -> tuple[str, int] | None:
+        s = self._logging_off(data, self._framed_slot(data))
+        if s is None:
+            return None
+        gfn = self._map_frames(data, s, frames)
+        if gfn is None:
+            return None
+        actor = self._set_logging(data, s, True, "TDP_SPLIT_ALLOC")
+        return None if actor is None else self._stopped_at(actor, gfn)
+
+    def _stop_enable_wrprot(self, data: st.DataObject) -> tuple[str, int] | None:
+        vm = self.d.vm
+        s = data.draw(st.sampled_from([s_ for s_ in vm.memslots[0].ordered()
+                                       if not s_.has_gmem and not s_.readonly] or [None]), label="slot")
+        s = self._logging_off(data, s)
+        if s is None:
+            return None
+        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        if not self._ensure_mapped(data, gfn):
+            return None
+        actor = self._set_logging(data, s, True, "DIRTY_LOG_ENABLE_WRPROT")
+        return None if actor is None else self._stopped_at(actor, gfn)
+
+    def _stop_clear_split(self, data: st.DataObject, frames: int = 1) -> tuple[str, int] | None:
+        vm = self.d.vm
+        if not vm.config.manual_protect:
+            if any(s_.logging for s_ in vm.memslots[0].ordered()):
+                return None
+            actor = self._actor(data, "vmm")
+            self._start("enable_manual_protect", actor, initially_set=True)
+            self._run_to(actor, frozenset())
+        if not (vm.config.manual_protect and vm.config.initially_set):
+            return None
+        s = self._framed_slot(data)
+        if s is None:
+            return None
+        gfn = self._frames(s)[0]
+        if not s.logging:
+            mapped = self._map_frames(data, s, frames)
+            if mapped is None:
+                return None
+            gfn = mapped
+            self._set_logging(data, s, True)
+            s = vm.memslots[0].slots.get(s.id)
+            if s is None or not s.logging:
+                return None
+        if not self._idle("vmm", "dirty_log"):
+            return None
+        actor = self._actor(data, "vmm")
+        self._start("clear_dirty_log", actor, slot=s.id, first=0, num=s.npages,
+                    mask=(1 << min(s.npages, 64)) - 1)
+        self._run_to(actor, frozenset({"TDP_SPLIT_ALLOC"}))
+        return self._stopped_at(actor, gfn)
+
+    def _contend(self, data: st.DataObject, victim: str, gfn: int) -> tuple[str, int] | None:
+        """``victim`` is stopped with mmu_lock dropped (TDP_SPLIT_ALLOC) and will re-take it
+        for write: a fault takes it for read (TDP_MAP_STEP_DOWN), a writer queues on it, the
+        victim queues too; the fault ends and the victim, with the writer still queued, walks
+        on until it yields (TDP_MMU_YIELD)."""
+        vm = self.d.vm
+        gfns = self._unmapped_slot_gfns()
+        if not gfns or not self._idle("vcpu"):
+            return self._stopped_at(victim, gfn)
+        holder = self._race_access(data, data.draw(st.sampled_from(gfns), label="holder_gfn"))
+        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
+        if not vm.sched.actor(holder).busy:
+            return self._stopped_at(victim, gfn)
+        if self._idle("vmm", "zap_gfn_range"):
+            writer = self._actor(data, "vmm")
+            self._start("zap_gfn_range", writer, start=0, end=vm.arch.geo.max_gfn)
+        elif self._idle("mm", "host") and "dontneed" in self.host_ops:
+            writer = self._actor(data, "mm")
+            s = vm.memslots[0].search(gfn)
+            hva = s.gfn_to_hva(gfn) - 0x40000 if s is not None else gfn
+            self._start("dontneed", writer, hva=hva, npages=1)
+        else:
+            self._run_to(holder, frozenset())
+            return self._stopped_at(victim, gfn)
+        self._run_to(writer, frozenset({"MMU_LOCK_WRITE"}))
+        self._run_to(victim, frozenset({"MMU_LOCK_WRITE", "TDP_MMU_YIELD"}))
+        self._run_to(holder, frozenset())
+        self._run_to(victim, frozenset({"TDP_MMU_YIELD"}))
+        return self._stopped_at(victim, gfn)
+
+    def _stop_clear_yield(self, data: st.DataObject) -> tuple[str, int] | None:
+        got = self._stop_clear_split(data, frames=2)
+        return None if got is None else self._contend(data, *got)
+
+    def _stop_enable_yield(self, data: st.DataObject) -> tuple[str, int] | None:
+        got = self._stop_enable_split(data, frames=2)
+        return None if got is None else self._contend(data, *got)
+
+    def _stop_gmem_lock(self, data: st.DataObject) -> tuple[str, int] | None:
+        vm = self.d.vm
+        s = data.draw(st.sampled_from([s_ for s_ in vm.memslots[0].ordered() if s_.has_gmem]
+                                      or [None]), label="slot")
+        if s is None:
+            return None
+        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        holder = self._actor(data, "vmm")
+        self._start("punch_hole", holder, start=gfn, end=gfn + data.draw(st.integers(1, 4), label="n"))
+        self._run_to(holder, frozenset({"GMEM_TRUNCATE"}))
+        if not vm.sched.actor(holder).busy or not self._idle("vmm"):
+            return None
+        # a second hole punch, or a memslot DELETE / MOVE (kvm_gmem_unbind), waits for the lock
+        waiter = self._actor(data, "vmm")
+        if data.draw(st.booleans(), label="memslot"):  # DELETE: kvm_gmem_unbind()
+            self._start("memslot", waiter, slot=s.id, as_id=0, flags=s.flags & ~(1 << 16),
+                        gfn=s.base_gfn, npages=0, hva=s.userspace_addr - 0x40000,
+                        gmem_offset=s.gmem_pgoff)
+        else:
+            self._start("punch_hole", waiter, start=gfn, end=gfn + 1)
+        self._run_to(waiter, frozenset({"GMEM_INVALIDATE_LOCK"}))
+        victim = data.draw(st.sampled_from([waiter, holder]), label="victim")
+        return self._stopped_at(victim, gfn)
+
+    def _logging_slot(self, data: st.DataObject) -> Any:
+        """A non-guest_memfd slot that logs dirty pages (logging is turned on when none does)."""
+        vm = self.d.vm
+        pool = [s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem]
+        logging = [s_ for s_ in pool if s_.logging]
+        if logging:
+            return data.draw(st.sampled_from(logging), label="slot")
+        if not pool:
+            return None
+        s = data.draw(st.sampled_from(pool), label="slot")
+        self._set_logging(data, s, True)
+        s = vm.memslots[0].slots.get(s.id)
+        return s if s is not None and s.logging else None
+
+    def _start_harvest(self, data: st.DataObject, s: Any) -> str:
+        """KVM_GET_DIRTY_LOG, or KVM_CLEAR_DIRTY_LOG of the whole slot with manual protect."""
+        actor = self._actor(data, "vmm")
+        if self.d.vm.config.manual_protect:
+            self._start("clear_dirty_log", actor, slot=s.id, first=0, num=s.npages,
+                        mask=(1 << min(s.npages, 64)) - 1)
+        else:
+            self._start("get_dirty_log", actor, slot=s.id)
+        return actor
+
+    def _stop_harvest_lock(self, data: st.DataObject) -> tuple[str, int] | None:
+        s = self._logging_slot(data)
+        if s is None or not self._idle("vmm", "dirty_log") or not self._idle("vcpu"):
+            return None
+        gfns = self._unmapped_slot_gfns()
+        if not gfns:
+            return None
+        gfn = data.draw(st.sampled_from(gfns), label="gfn")
+        holder = self._race_access(data, gfn)
+        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
+        if not self.d.vm.sched.actor(holder).busy:
+            return None
+        actor = self._start_harvest(data, s)
+        self._run_to(actor, frozenset({"MMU_LOCK_WRITE"}))
+        return self._stopped_at(actor, s.base_gfn)
+
+    def _stop_memslot_lock(self, data: st.DataObject) -> tuple[str, int] | None:
+        """A memslot DELETE / MOVE past its synchronize_srcu() (a grace period waits only for
+        readers that entered before it), then a fault that holds mmu_lock for read: the
+        memslot update's zap waits for it at MMU_LOCK_WRITE."""
+        vm = self.d.vm
+        gfn = data.draw(st.sampled_from(self._unmapped_slot_gfns()), label="gfn")
+        others = [s_ for s_ in vm.memslots[0].ordered() if gfn not in s_.gfns]
+        if not others:
+            return None
+        s = data.draw(st.sampled_from(others), label="slot")
+        actor = self._actor(data, "vmm")
+        move = data.draw(st.booleans(), label="move")
+        self._start("memslot", actor, slot=s.id, as_id=0, flags=s.flags & ~(1 << 16),
+                    gfn=s.base_gfn + (16 if move else 0), npages=s.npages if move else 0,
+                    hva=s.userspace_addr - 0x40000, gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
+        self._run_to(actor, frozenset({"SYNCHRONIZE_SRCU"}))
+        if not vm.sched.actor(actor).busy or not self._idle("vcpu"):
+            return None
+        holder = self._race_access(data, gfn)
+        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
+        self._run_to(actor, frozenset({"MMU_LOCK_WRITE"}))
+        return self._stopped_at(actor, s.base_gfn)
+
+    def _stop_before_flush(self, data: st.DataObject) -> tuple[str, int] | None:
+        vm = self.d.vm
+        if (not vm.config.manual_protect and not any(s_.logging for s_ in vm.memslots[0].ordered())
+                and data.draw(st.booleans(), label="manual")):
+            actor = self._actor(data, "vmm")  # CLEAR_DIRTY_LOG rather than GET
+            self._start("enable_manual_protect", actor,
+                        initially_set=data.draw(st.booleans(), label="initially_set"))
+            self._run_to(actor, frozenset())
+        s = self._logging_slot(data)
+        if s is None or not self._idle("vmm", "dirty_log"):
+            return None
+        if self._idle("vcpu") and data.draw(st.booleans(), label="dirty"):
+            self._ensure_mapped(data, s.base_gfn)
+        actor = self._start_harvest(data, s)
+        self._run_to(actor, frozenset({"DIRTY_LOG_BEFORE_FLUSH", "CLEAR_DIRTY_LOG_BEFORE_FLUSH"}))
+        return self._stopped_at(actor, s.base_gfn)
 
     def _weave_interpose(self, data: st.DataObject) -> None:
         """While an operation is stopped (at any point, or blocked on a lock), run an operation
@@ -1142,7 +1477,9 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(victim, frozenset({"TDP_MMU_YIELD", "TDP_SPLIT_ALLOC"}))
         if not vm.sched.actor(victim).busy:
             return
-        self._maybe_interpose(data, self._actor_gfn(victim) or gfn)
+        done: set[str] = set()  # each kind at most once
+        for _ in range(data.draw(st.integers(1, 6), label="interpose")):
+            self._interpose(data, self._actor_gfn(victim) or gfn, done)
         if data.draw(st.booleans(), label="resume"):
             self._run_to(victim, frozenset())
 
@@ -1309,10 +1646,30 @@ class WeavingMachine(KvmMachine):
 
     weaving = True
 
-    @precondition(lambda self: bool(self._weave_kinds()))
+    # one rule per set-up, so that together they get a fair share of the rule picks
+    @precondition(lambda self: bool(self._busy_actors()) and bool(self._interpose_kinds()))
     @rule(data=st.data())
-    def weave(self, data: st.DataObject) -> None:
-        self._weave(data)
+    def weave_interpose(self, data: st.DataObject) -> None:
+        """Run another kind of operation near a stopped one (``_weave_interpose``)."""
+        self._weave_interpose(data)
+
+    @precondition(lambda self: self._contention_possible())
+    @rule(data=st.data())
+    def weave_contended(self, data: st.DataObject) -> None:
+        """Writers queued on mmu_lock, so that a walk yields it (``_weave_contended``)."""
+        self._weave_contended(data)
+
+    @precondition(lambda self: self._dirty_cycle_possible())
+    @rule(data=st.data())
+    def weave_dirty_log_cycle(self, data: st.DataObject) -> None:
+        """A migration's dirty-log cycle (``_weave_dirty_log_cycle``)."""
+        self._weave_dirty_log_cycle(data)
+
+    @precondition(lambda self: bool(self._stops()))
+    @rule(data=st.data())
+    def weave_stop_at(self, data: st.DataObject) -> None:
+        """An operation stopped at a rare point, others run meanwhile (``_weave_stop_at``)."""
+        self._weave_stop_at(data)
 
 
 def make_machine(bug: str | None = None, *, plain: bool = False, stats: Stats | None = None,
