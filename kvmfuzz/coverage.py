@@ -302,7 +302,10 @@ def _outcomes() -> tuple[Outcome, ...]:
     add("mmu", "fault.mmio_gen_miss", "an MMIO SPTE of a stale generation")
     add("mmu", "spte.wrprot", "W cleared (dirty logging: enable, GET, CLEAR)")
     add("mmu", "spte.wrprot_huge", "a huge leaf write-protected (INITIALLY_SET head/tail)")
-    add("mmu", "spte.cmpxchg_lost", "an atomic SPTE update lost its cmpxchg")
+    add("mmu", "spte.cmpxchg_lost", "an atomic SPTE update lost its cmpxchg",
+        "every caller of tdp_mmu_set_spte_atomic() reads the SPTE and does its cmpxchg in one atomic "
+        "step, except huge-page recovery, whose tdp_mmu_make_huge_spte() gives up (-ENOENT) first "
+        "when the parent changed during TDP_RECOVER_HUGE (its branch is marked unreachable)")
     add("mmu", "tdp.yield", "a TDP MMU walk dropped mmu_lock to yield")
     add("mmu", "root.alloc", "a TDP MMU root allocated")
     add("mmu", "root.freed", "a TDP MMU root freed")

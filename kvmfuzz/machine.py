@@ -1006,6 +1006,8 @@ class KvmMachine(RuleBasedStateMachine):
              ("enable_yield", "memslot@TDP_MMU_YIELD (eager split or write-protect walk)"),
              ("gmem_lock", "memslot@GMEM_INVALIDATE_LOCK / punch_hole@GMEM_INVALIDATE_LOCK"),
              ("harvest_lock", "dirty_log@MMU_LOCK_WRITE"), ("memslot_lock", "memslot@MMU_LOCK_WRITE"),
+             ("fast_pf_retries", "fault@FAST_PF_CMPXCHG, lost again and again (fast_pf.gave_up)"),
+             ("frozen_table", "fault@TDP_MAP_STEP_DOWN over a table a huge mapping freezes"),
              ("before_flush", "dirty_log@DIRTY_LOG_BEFORE_FLUSH / @CLEAR_DIRTY_LOG_BEFORE_FLUSH"))
 
     def _stops(self) -> list[str]:
@@ -1043,6 +1045,10 @@ class KvmMachine(RuleBasedStateMachine):
         if vcpu and self._idle("vmm", "memslot") and len(vm.memslots[0].slots) >= 2 \
                 and bool(self._unmapped_slot_gfns()):
             out.append("memslot_lock")
+        if dirty and vcpu and mm and any(not s_.readonly for s_ in plain_slots):
+            out.append("fast_pf_retries")
+        if vcpu and vm.config.thp and self._idle("vmm", "memslot") and len(vm.memslots[0].slots) < 4:
+            out.append("frozen_table")
         return out if vmm else []
 
     def _weave_stop_at(self, data: st.DataObject) -> None:
@@ -1332,6 +1338,77 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
         self._run_to(actor, frozenset({"MMU_LOCK_WRITE"}))
         return self._stopped_at(actor, s.base_gfn)
+
+    def _stop_fast_pf_retries(self, data: st.DataObject) -> tuple[str, int] | None:
+        """A fast page fault whose cmpxchg is lost again and again: a logged page is written and
+        harvested (write-protected, MMU-writable), a vCPU's write stops before its cmpxchg, then
+        up to five times the SPTE changes (aging clears A, another vCPU's read sets it) and the
+        fast page fault retries (more than four: it gives up to the slow path)."""
+        vm = self.d.vm
+        s = self._logging_slot(data)
+        if s is None or s.readonly or not self._ensure_mapped(data, s.base_gfn):
+            return None
+        gfn = s.base_gfn
+        if not self._idle("vmm", "dirty_log"):
+            return None
+        harvest = self._start_harvest(data, s)
+        self._run_to(harvest, frozenset())
+        if gfn not in self._fixable() or not self._idle("vcpu"):
+            return None
+        vcpu = self._actor(data, "vcpu")
+        self._start("access", vcpu, gfn=gfn, write=True, private=False, exec=False)
+        self._run_to(vcpu, frozenset({"FAST_PF_CMPXCHG"}))
+        for i in range(data.draw(st.integers(1, 5), label="changes")):
+            if not vm.sched.actor(vcpu).busy or vm.sched.actor(vcpu).pending is None \
+                    or vm.sched.actor(vcpu).pending.point.name != "FAST_PF_CMPXCHG":
+                break
+            # alternately: aging clears A (no flush), a vCPU that does not cache the
+            # translation reads the page (its walk sets A again)
+            cold = [v.actor.name for v in vm.vcpus if not v.actor.busy
+                    and not any(e.gfn == gfn for e in v.tlb.entries.values())]
+            if i % 2:
+                if not cold:
+                    break
+                other = cold[0]
+                self._start("access", other, gfn=gfn, write=False, private=False, exec=False)
+            elif self._idle("mm", "host"):
+                other = self._actor(data, "mm")
+                self._start("clear_young", other, hva=s.gfn_to_hva(gfn) - 0x40000, npages=1)
+            else:
+                break
+            self._run_to(other, frozenset())
+            # one step: the cmpxchg; lost, the loop retries and stops before the next one
+            self._account(self.d.run_actor(vcpu).reached)
+        return self._stopped_at(vcpu, gfn)
+
+    def _stop_frozen_table(self, data: st.DataObject) -> tuple[str, int] | None:
+        """A fault that links page tables stops at its last TDP_MAP_STEP_DOWN; a memslot CREATE
+        makes its huge frame present (it waits in synchronize_srcu() for the fault's SRCU read
+        section); another vCPU maps the frame with a huge leaf, which zaps and freezes the table
+        the first fault stepped into: it finds a FROZEN SPTE and retries."""
+        vm = self.d.vm
+        geo = vm.arch.geo
+        size = geo.pages(2)
+        used = {x.id for x in vm.memslots[0].ordered()}
+        free = [i for i in range(4) if i not in used]
+        frame = next((g for g in range(0, geo.max_gfn - size + 1, size)
+                      if all(vm.memslots[0].search(x) is None for x in range(g, g + size))), None)
+        if not free or frame is None:
+            return None
+        vcpu = self._actor(data, "vcpu")
+        self._start("access", vcpu, gfn=frame, write=False, private=False, exec=False)
+        for _ in range(geo.root_level - 1):  # down to the 4K table
+            self._run_to(vcpu, frozenset({"TDP_MAP_STEP_DOWN"}))
+        if not vm.sched.actor(vcpu).busy or not self._idle("vmm") or not self._idle("vcpu"):
+            return self._stopped_at(vcpu, frame)
+        vmm = self._actor(data, "vmm")
+        self._start("memslot", vmm, slot=free[0], as_id=0, flags=0, gfn=frame, npages=size,
+                    hva=frame, gmem_offset=-1)
+        self._run_to(vmm, frozenset({"SYNCHRONIZE_SRCU"}))
+        other = self._actor(data, "vcpu")
+        self._start("access", other, gfn=frame + 1, write=True, private=False, exec=False)
+        self._run_to(other, frozenset())
+        return self._stopped_at(vcpu, frame)
 
     def _stop_before_flush(self, data: st.DataObject) -> tuple[str, int] | None:
         vm = self.d.vm
