@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+import pytest
+from driving import SLOT0, SLOT1
+from hypothesis import HealthCheck, find, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+import kvmfuzz.machine as machine_mod
+from kvmfuzz.config import VmConfig
 from kvmfuzz.coverage import CoverageCollector
-from kvmfuzz.machine import KvmMachine, WeavingMachine, make_machine
+from kvmfuzz.driver import Driver, SlotSpec
+from kvmfuzz.machine import FAMILIES, HOST_OPS, KvmMachine, WeavingMachine, make_machine
 
 
 def _collect(weaving: bool, examples: int = 150) -> CoverageCollector:
@@ -44,3 +49,59 @@ def test_weaving_reaches_contended_yields_and_more_pairs() -> None:
     yields = {k for k in woven.points if k.endswith("@TDP_MMU_YIELD") and not k.startswith("memslot")}
     assert yields, sorted(woven.points)
     assert len(woven.pairs) > len(plain.pairs) * 1.1, (len(woven.pairs), len(plain.pairs))
+
+
+class _SimplestData:
+    """A stand-in for ``st.data()``: each draw is the strategy's simplest value (what
+    Hypothesis shrinks toward), unless ``over`` names the draw's label."""
+
+    def __init__(self, over: dict[str, Any]) -> None:
+        self.over = over
+
+    def draw(self, strategy: Any, label: str | None = None) -> Any:
+        if label in self.over:
+            return self.over[label]
+        return find(strategy, lambda _: True, settings=settings(database=None))
+
+
+def _machine(config: VmConfig, slots: tuple[SlotSpec, ...] = (SLOT0, SLOT1)) -> Any:
+    m = make_machine(None, weaving=True)()
+    m.driver = Driver(config, slots)
+    m.families, m.host_ops = frozenset(FAMILIES), HOST_OPS
+    return m
+
+
+@pytest.fixture(autouse=True)
+def _no_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(machine_mod, "event", lambda _label: None)  # outside a Hypothesis test
+
+
+@pytest.mark.parametrize(("recipe", "config", "over", "point"), [
+    ("clear_split", VmConfig(thp=True), {}, "TDP_SPLIT_ALLOC"),
+    ("clear_yield", VmConfig(thp=True, nr_vcpus=2), {}, "TDP_MMU_YIELD"),
+    ("enable_split", VmConfig(thp=True), {}, "TDP_SPLIT_ALLOC"),
+    ("recover_huge", VmConfig(thp=True), {}, "TDP_RECOVER_HUGE"),
+    ("memslot_lock", VmConfig(), {}, "MMU_LOCK_WRITE"),
+    ("age_spte", VmConfig(), {}, "AGE_SPTE"),
+    ("before_flush", VmConfig(), {}, "DIRTY_LOG_BEFORE_FLUSH"),
+    ("fast_pf_retries", VmConfig(nr_vcpus=3, ad_bits=True), {"changes": 4}, "FAST_PF_CMPXCHG"),
+    ("frozen_table", VmConfig(thp=True, nr_vcpus=2), {}, "TDP_MAP_STEP_DOWN"),
+])
+def test_stop_recipe_stops_where_it_says(recipe: str, config: VmConfig, over: dict[str, Any],
+                                         point: str) -> None:
+    m = _machine(config)
+    assert recipe in m._stops()
+    got = getattr(m, f"_stop_{recipe}")(_SimplestData(over))
+    assert got is not None, f"{recipe} did not get there"
+    actor = m.d.vm.sched.actor(got[0])
+    assert actor.pending is not None and actor.pending.point.name == point, actor.where()
+
+
+def test_fast_pf_retries_gives_up_and_frozen_table_retries() -> None:
+    m = _machine(VmConfig(nr_vcpus=3, ad_bits=True))
+    victim, _ = m._stop_fast_pf_retries(_SimplestData({"changes": 5}))
+    assert "fast_pf.gave_up" in m.seen_events, sorted(m.seen_events)
+    m = _machine(VmConfig(thp=True, nr_vcpus=2))
+    victim, _ = m._stop_frozen_table(_SimplestData({}))
+    m._account(m.d.run_actor(victim).reached)
+    assert "fault.retry.frozen_spte" in m.seen_events, sorted(m.seen_events)
