@@ -247,14 +247,14 @@ def quiet_settings(step_count: int) -> settings:
 
 def hunt(bug: str | None, seed: int, *, plain: bool = False, seconds: float = 20.0,
          shrink_seconds: float = 60.0, step_count: int = DEFAULT_STEP_COUNT,
-         max_examples: int | None = None) -> HuntResult:
-    """Run ``make_machine(bug, plain=plain)`` under ``hypothesis.seed(seed)`` until its first
+         max_examples: int | None = None, weaving: bool = False) -> HuntResult:
+    """Run ``make_machine(bug, plain=plain, weaving=weaving)`` under ``hypothesis.seed(seed)`` until its first
     failing example, or until ``seconds`` (or ``max_examples`` examples) pass without one: not
     found. Once found, Hypothesis shrinks for up to ``shrink_seconds`` (0: not at all); the
     smallest failing example seen (by machine steps, then preemptions) is kept — when shrinking
     completes, that is Hypothesis's own final replay. ``max_examples`` makes the outcome
     independent of the machine's speed (for derandomized tests)."""
-    base = make_machine(bug, plain=plain)
+    base = make_machine(bug, plain=plain, weaving=weaving)
     state = _HuntState(time.monotonic(), seconds, shrink_seconds, max_examples)
 
     def teardown(self: KvmMachine) -> None:

@@ -159,7 +159,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
              f"settings: budget {report['settings']['seconds']:g}s per bug and seed, "
              f"{report['settings']['seeds']} seeds, shrink up to "
              f"{report['settings']['shrink_seconds']:g}s, {report['settings']['step_count']} "
-             "rules per example",
+             f"rules per example, {report['settings'].get('machine', 'hunting')} machine",
              f"bugs: {o['bugs']}; found on every seed: {o['found_every_seed']}; never found: "
              f"{', '.join(o['never_found']) or 'none'}; median time-to-find within 20 s: "
              f"{o['bugs_median_within_20s']}; shrunk within 12 machine steps (max over seeds): "
@@ -201,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=DEFAULT_JSON, metavar="OUT",
                    help=f"where to write the JSON report (default {DEFAULT_JSON})")
     p.add_argument("--no-plain", action="store_true", help="skip the plain baseline")
+    p.add_argument("--weaving", action="store_true",
+                   help="hunt with the WeavingMachine (a campaign's odd rounds) instead of the "
+                   "hunting machine")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--shrink-seconds", type=float, default=60.0,
                    help="how long to let Hypothesis shrink each find (default 60)")
@@ -228,12 +231,13 @@ def _bug_names(p: argparse.ArgumentParser, value: str | None) -> list[str]:
 
 def run_bench(bugs: Sequence[str], *, seconds: float, seeds: int, plain: bool,
               shrink_seconds: float, step_count: int, throughput_seconds: float,
-              progress: Callable[[str], None]) -> dict[str, Any]:
+              progress: Callable[[str], None], weaving: bool = False) -> dict[str, Any]:
     """The whole benchmark; returns the JSON report (``interrupted`` if Ctrl-C cut it short)."""
     report: dict[str, Any] = {
         "format": FORMAT, "machine": machine_info(), "bugs": [], "throughput": None,
         "interrupted": False,
         "settings": {"seconds": seconds, "seeds": seeds, "plain": plain, "step_count": step_count,
+                     "machine": "weaving" if weaving else "hunting",
                      "shrink_seconds": shrink_seconds, "throughput_seconds": throughput_seconds}}
     try:
         for name in bugs:
@@ -241,7 +245,7 @@ def run_bench(bugs: Sequence[str], *, seconds: float, seeds: int, plain: bool,
             runs = []
             for seed in range(seeds):
                 runs.append(hunt(name, seed, seconds=seconds, shrink_seconds=shrink_seconds,
-                                 step_count=step_count))
+                                 step_count=step_count, weaving=weaving))
                 progress(runs[-1].line())
             entry["aware"] = summarize(runs, seconds)
             entry["aware"]["runs"] = [r.to_json() for r in runs]
@@ -296,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report = run_bench(bugs, seconds=args.seconds, seeds=args.seeds, plain=not args.no_plain,
                        shrink_seconds=args.shrink_seconds, step_count=args.step_count,
-                       throughput_seconds=args.throughput_seconds, progress=progress)
+                       throughput_seconds=args.throughput_seconds, progress=progress,
+                       weaving=args.weaving)
     print(format_table(table_rows(report), markdown=args.markdown))
     print()
     for line in _summary_lines(report):

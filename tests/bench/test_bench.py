@@ -152,6 +152,18 @@ def test_main_markdown_and_no_plain(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert text.startswith("| bug | found |") and f"| {QUICK_BUG} | 1/1 |" in text
     report = json.loads(out.read_text())
     assert "plain" not in report["bugs"][0] and report["throughput"] is None
+    assert report["settings"]["machine"] == "hunting" and "hunting machine" in text
+
+
+def test_main_weaving_hunts_with_the_weaving_machine(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "w.json"
+    assert bench.main(["--bugs", QUICK_BUG, "--seeds", "1", "--seconds", "2", "--no-plain",
+                       "--weaving", "--shrink-seconds", "0", "--throughput-seconds", "0",
+                       "--json", str(out)]) == 0
+    assert "weaving machine" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["settings"]["machine"] == "weaving" and report["bugs"][0]["aware"]["found"] == 1
 
 
 @pytest.mark.parametrize("argv", [["--bugs", "no_such_bug"], ["--seeds", "0"], ["--seconds", "-1"]])
