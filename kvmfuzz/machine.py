@@ -1014,6 +1014,7 @@ class KvmMachine(RuleBasedStateMachine):
              ("harvest_lock", "dirty_log@MMU_LOCK_WRITE"), ("memslot_lock", "memslot@MMU_LOCK_WRITE"),
              ("fast_pf_retries", "fault@FAST_PF_CMPXCHG, lost again and again (fast_pf.gave_up)"),
              ("frozen_table", "fault@TDP_MAP_STEP_DOWN over a table a huge mapping freezes"),
+             ("writer_yield", "attributes / punch_hole / zap_gfn_range@TDP_MMU_YIELD"),
              ("before_flush", "dirty_log@DIRTY_LOG_BEFORE_FLUSH / @CLEAR_DIRTY_LOG_BEFORE_FLUSH"))
 
     def _stops(self) -> list[str]:
@@ -1055,6 +1056,9 @@ class KvmMachine(RuleBasedStateMachine):
             out.append("fast_pf_retries")
         if vcpu and vm.config.thp and self._idle("vmm", "memslot") and len(vm.memslots[0].slots) < 4:
             out.append("frozen_table")
+        if vcpu and vm.memslots[0].slots and bool(self._unmapped_slot_gfns()) and (
+                mm or sum(not a.busy for a in vm.sched.actors if a.kind == "vmm") >= 2):
+            out.append("writer_yield")
         return out if vmm else []
 
     def _weave_stop_at(self, data: st.DataObject) -> None:
@@ -1416,6 +1420,66 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(other, frozenset())
         return self._stopped_at(vcpu, frame)
 
+    def _stop_writer_yield(self, data: st.DataObject) -> tuple[str, int] | None:
+        """A zap walk under mmu_lock (kvm_arch_pre_set_memory_attributes(), a hole punch's
+        invalidation, kvm_zap_gfn_range()) over two mapped pages, started while a fault holds
+        mmu_lock for read and another writer waits for it: it zaps the first page, finds the
+        lock contended and yields (TDP_MMU_YIELD)."""
+        vm = self.d.vm
+        kinds = [k for k in ("attributes", "punch_hole", "zap_gfn_range") if k in self.families
+                 and (k == "zap_gfn_range" or vm.config.private_mem)]
+        gmem = [s_ for s_ in vm.memslots[0].ordered() if s_.has_gmem]
+        if not gmem and "punch_hole" in kinds:
+            kinds.remove("punch_hole")
+        if not kinds:
+            return None
+        kind = data.draw(st.sampled_from(kinds), label="writer")
+        slots = gmem if kind == "punch_hole" else vm.memslots[0].ordered()
+        s = data.draw(st.sampled_from(slots), label="slot")
+        step = vm.arch.geo.pages(2) if s.npages > vm.arch.geo.pages(2) else 1
+        pages = sorted({s.base_gfn, min(s.base_gfn + step, s.base_gfn + s.npages - 1)})
+        for g in pages:  # mapped (private, for a hole punch to zap)
+            if kind == "punch_hole" and not vm.kvm_mem_is_private(g) and self._idle("vmm"):
+                actor = self._actor(data, "vmm")
+                self._start("set_attributes", actor, start=g, end=g + 1, private=True)
+                self._run_to(actor, frozenset())
+            if not self._idle("vcpu"):
+                return None
+            vcpu = self._actor(data, "vcpu")
+            self._start("access", vcpu, gfn=g, write=True, private=vm.kvm_mem_is_private(g), exec=False)
+            self._run_to(vcpu, frozenset())
+        unmapped = self._unmapped_slot_gfns()
+        if not unmapped or not self._idle("vcpu"):
+            return None
+        holder = self._race_access(data, data.draw(st.sampled_from(unmapped), label="holder_gfn"))
+        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
+        if not vm.sched.actor(holder).busy:
+            return None
+        if self._idle("mm", "host") and "dontneed" in self.host_ops:
+            writer = self._actor(data, "mm")
+            self._start("dontneed", writer, hva=s.gfn_to_hva(pages[0]) - 0x40000, npages=1)
+        elif sum(not a.busy for a in vm.sched.actors if a.kind == "vmm") >= 2:
+            writer = self._actor(data, "vmm")
+            self._start("zap_gfn_range", writer, start=pages[0], end=pages[0] + 1)
+        else:
+            self._run_to(holder, frozenset())
+            return None
+        self._run_to(writer, frozenset({"MMU_LOCK_WRITE"}))
+        if not self._idle("vmm"):
+            self._run_to(holder, frozenset())
+            return None
+        victim = self._actor(data, "vmm")
+        first, end = pages[0], pages[-1] + 1
+        if kind == "attributes":
+            self._start("set_attributes", victim, start=first, end=end,
+                        private=not vm.kvm_mem_is_private(first))
+        else:
+            self._start(kind, victim, start=first, end=end)
+        self._run_to(victim, frozenset({"MMU_LOCK_WRITE", "TDP_MMU_YIELD"}))
+        self._run_to(holder, frozenset())
+        self._run_to(victim, frozenset({"TDP_MMU_YIELD"}))
+        return self._stopped_at(victim, first)
+
     def _stop_before_flush(self, data: st.DataObject) -> tuple[str, int] | None:
         vm = self.d.vm
         if (not vm.config.manual_protect and not any(s_.logging for s_ in vm.memslots[0].ordered())
@@ -1505,15 +1569,25 @@ class KvmMachine(RuleBasedStateMachine):
         return actor
 
     def _unmapped_slot_gfns(self) -> list[int]:
-        """Memslot gfns no present leaf maps (a fault there may link tables: TDP_MAP_STEP_DOWN,
-        where it holds mmu_lock for read)."""
+        """Where a fault likely links a table (TDP_MAP_STEP_DOWN, where it holds mmu_lock for
+        read): memslot gfns no present leaf maps, and maybe one gfn with no memslot."""
         geo = self.d.vm.arch.geo
         leaves = self._mapped_leaves()
-        return [g for g in self._slot_gfns() if self.d.vm.memslots[0].search(g) is not None
-                and not any(lg <= g < lg + geo.pages(lvl) for lg, lvl, _ in leaves)]
+        out = [g for g in self._slot_gfns() if self.d.vm.memslots[0].search(g) is not None
+               and not any(lg <= g < lg + geo.pages(lvl) for lg, lvl, _ in leaves)]
+        # those far from every mapped leaf first (no leaf in their 1G-level region): a fault
+        # there likely links a table; then a gfn of an empty region with no memslot (an MMIO
+        # fault links tables just the same)
+        used = {geo.align_down(lg, 3) for lg, _, _ in leaves}
+        out.sort(key=lambda g: geo.align_down(g, 3) in used)
+        if not out or geo.align_down(out[0], 3) in used:
+            empty = [r + 1 for r in range(0, geo.max_gfn, geo.pages(3)) if r not in used
+                     and all(self.d.vm.memslots[0].search(g) is None for g in range(r, r + geo.pages(3)))]
+            out = empty[:1] + out
+        return out
 
     def _contention_possible(self) -> bool:
-        if self.driver is None or self.plain or not self._idle("vcpu"):
+        if self.driver is None or self.plain or not self._idle("vcpu") or not self.d.vm.memslots[0].slots:
             return False
         writers = sum(not a.busy for a in self.d.vm.sched.actors if a.kind in ("mm", "vmm"))
         return writers >= 2 and bool(self._unmapped_slot_gfns())
@@ -1534,8 +1608,9 @@ class KvmMachine(RuleBasedStateMachine):
         vm = self.d.vm
         stopped = [a for a in self._busy_actors() if vm.sched.is_runnable(vm.sched.actor(a))]
         gfn = data.draw(st.sampled_from(self._unmapped_slot_gfns()), label="gfn")
-        slot = vm.memslots[0].search(gfn)
-        assert slot is not None
+        # the writers work on the holder's slot, or (a gfn with no memslot) on a drawn one
+        slot = vm.memslots[0].search(gfn) or data.draw(st.sampled_from(vm.memslots[0].ordered()),
+                                                        label="slot")
         holder = self._race_access(data, gfn)
         self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
         if not vm.sched.actor(holder).busy:
@@ -1543,7 +1618,7 @@ class KvmMachine(RuleBasedStateMachine):
         writers: list[str] = []
         for label in ("writer", "contender")[:data.draw(st.integers(0 if stopped else 1, 2),
                                                          label="writers")]:
-            slot = vm.memslots[0].search(gfn) or slot
+            slot = vm.memslots[0].slots.get(slot.id) or vm.memslots[0].search(gfn) or slot
             kinds = self._writer_kinds(slot)
             if not kinds:
                 break

@@ -15,6 +15,7 @@ from kvmfuzz.config import VmConfig
 from kvmfuzz.coverage import CoverageCollector
 from kvmfuzz.driver import Driver, SlotSpec
 from kvmfuzz.machine import FAMILIES, HOST_OPS, KvmMachine, WeavingMachine, make_machine
+from kvmfuzz.virt.kvm import KVM_MEM_GUEST_MEMFD
 
 
 def _collect(weaving: bool, examples: int = 150) -> CoverageCollector:
@@ -76,6 +77,9 @@ def _no_events(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(machine_mod, "event", lambda _label: None)  # outside a Hypothesis test
 
 
+GMEM0 = SlotSpec(0, 0, 16, 0, flags=KVM_MEM_GUEST_MEMFD, gmem_offset=0)
+
+
 @pytest.mark.parametrize(("recipe", "config", "over", "point"), [
     ("clear_split", VmConfig(thp=True), {}, "TDP_SPLIT_ALLOC"),
     ("clear_yield", VmConfig(thp=True, nr_vcpus=2), {}, "TDP_MMU_YIELD"),
@@ -86,10 +90,13 @@ def _no_events(monkeypatch: pytest.MonkeyPatch) -> None:
     ("before_flush", VmConfig(), {}, "DIRTY_LOG_BEFORE_FLUSH"),
     ("fast_pf_retries", VmConfig(nr_vcpus=3, ad_bits=True), {"changes": 4}, "FAST_PF_CMPXCHG"),
     ("frozen_table", VmConfig(thp=True, nr_vcpus=2), {}, "TDP_MAP_STEP_DOWN"),
+    ("writer_yield", VmConfig(private_mem=True, nr_vcpus=2), {"writer": "attributes"}, "TDP_MMU_YIELD"),
+    ("writer_yield", VmConfig(private_mem=True, nr_vcpus=2), {"writer": "punch_hole"}, "TDP_MMU_YIELD"),
+    ("writer_yield", VmConfig(nr_vcpus=2), {"writer": "zap_gfn_range"}, "TDP_MMU_YIELD"),
 ])
 def test_stop_recipe_stops_where_it_says(recipe: str, config: VmConfig, over: dict[str, Any],
                                          point: str) -> None:
-    m = _machine(config)
+    m = _machine(config, (GMEM0, SLOT1) if over.get("writer") == "punch_hole" else (SLOT0, SLOT1))
     assert recipe in m._stops()
     got = getattr(m, f"_stop_{recipe}")(_SimplestData(over))
     assert got is not None, f"{recipe} did not get there"
