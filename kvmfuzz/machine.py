@@ -1110,13 +1110,22 @@ class KvmMachine(RuleBasedStateMachine):
         s = self.d.vm.memslots[0].slots.get(s.id)
         return None if s is None or s.logging else s
 
+    def _page(self, data: st.DataObject, s: Any) -> int:
+        """One of the first eight gfns of slot ``s``."""
+        return int(s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page"))
+
+    def _gmem_page(self, data: st.DataObject) -> tuple[Any, int] | None:
+        """A guest_memfd slot and one of its first gfns, or None."""
+        gmem: list[Any] = [s_ for s_ in self.d.vm.memslots[0].ordered() if s_.has_gmem]
+        s = data.draw(st.sampled_from(gmem or [None]), label="slot")
+        return None if s is None else (s, self._page(data, s))
+
     def _stop_gmem_get_pfn(self, data: st.DataObject) -> tuple[str, int] | None:
         vm = self.d.vm
-        gmem: list[Any] = [s_ for s_ in vm.memslots[0].ordered() if s_.has_gmem]
-        s = data.draw(st.sampled_from(gmem or [None]), label="slot")
-        if s is None:
+        got = self._gmem_page(data)
+        if got is None:
             return None
-        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        gfn = got[1]
         if not vm.kvm_mem_is_private(gfn):
             actor = self._actor(data, "vmm")
             self._start("set_attributes", actor, start=gfn, end=gfn + 1, private=True)
@@ -1133,7 +1142,7 @@ class KvmMachine(RuleBasedStateMachine):
         vm = self.d.vm
         s = data.draw(st.sampled_from([s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem]),
                       label="slot")
-        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        gfn = self._page(data, s)
         if not self._ensure_mapped(data, gfn) or not self._idle("mm", "host"):
             return None
         actor = self._actor(data, "mm")
@@ -1187,7 +1196,7 @@ class KvmMachine(RuleBasedStateMachine):
         s = self._logging_off(data, s)
         if s is None:
             return None
-        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        gfn = self._page(data, s)
         if not self._ensure_mapped(data, gfn):
             return None
         actor = self._set_logging(data, s, True, "DIRTY_LOG_ENABLE_WRPROT")
@@ -1264,11 +1273,10 @@ class KvmMachine(RuleBasedStateMachine):
 
     def _stop_gmem_lock(self, data: st.DataObject) -> tuple[str, int] | None:
         vm = self.d.vm
-        gmem: list[Any] = [s_ for s_ in vm.memslots[0].ordered() if s_.has_gmem]
-        s = data.draw(st.sampled_from(gmem or [None]), label="slot")
-        if s is None:
+        got = self._gmem_page(data)
+        if got is None:
             return None
-        gfn = s.base_gfn + data.draw(st.integers(0, min(s.npages, 8) - 1), label="page")
+        s, gfn = got
         holder = self._actor(data, "vmm")
         self._start("punch_hole", holder, start=gfn, end=gfn + data.draw(st.integers(1, 4), label="n"))
         self._run_to(holder, frozenset({"GMEM_TRUNCATE"}))
