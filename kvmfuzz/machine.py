@@ -1233,18 +1233,29 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(actor, frozenset({"TDP_SPLIT_ALLOC"}))
         return self._stopped_at(actor, gfn)
 
+    def _hold_mmu_lock(self, data: st.DataObject, gfn: int | None = None) -> str | None:
+        """A vCPU fault that links a table and stops at TDP_MAP_STEP_DOWN, holding mmu_lock for
+        read (at ``gfn``, or a drawn ``_unmapped_slot_gfns``); the vCPU, or None when there is
+        no idle vCPU or the fault linked nothing."""
+        if gfn is None:
+            gfns = self._unmapped_slot_gfns()
+            if not gfns:
+                return None
+            gfn = data.draw(st.sampled_from(gfns), label="holder_gfn")
+        if not self._idle("vcpu"):
+            return None
+        holder = self._race_access(data, gfn)
+        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
+        return holder if self.d.vm.sched.actor(holder).busy else None
+
     def _contend(self, data: st.DataObject, victim: str, gfn: int) -> tuple[str, int] | None:
         """``victim`` is stopped with mmu_lock dropped (TDP_SPLIT_ALLOC) and will re-take it
         for write: a fault takes it for read (TDP_MAP_STEP_DOWN), a writer queues on it, the
         victim queues too; the fault ends and the victim, with the writer still queued, walks
         on until it yields (TDP_MMU_YIELD)."""
         vm = self.d.vm
-        gfns = self._unmapped_slot_gfns()
-        if not gfns or not self._idle("vcpu"):
-            return self._stopped_at(victim, gfn)
-        holder = self._race_access(data, data.draw(st.sampled_from(gfns), label="holder_gfn"))
-        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
-        if not vm.sched.actor(holder).busy:
+        holder = self._hold_mmu_lock(data)
+        if holder is None:
             return self._stopped_at(victim, gfn)
         if self._idle("vmm", "zap_gfn_range"):
             writer = self._actor(data, "vmm")
@@ -1320,15 +1331,7 @@ class KvmMachine(RuleBasedStateMachine):
 
     def _stop_harvest_lock(self, data: st.DataObject) -> tuple[str, int] | None:
         s = self._logging_slot(data)
-        if s is None or not self._idle("vmm", "dirty_log") or not self._idle("vcpu"):
-            return None
-        gfns = self._unmapped_slot_gfns()
-        if not gfns:
-            return None
-        gfn = data.draw(st.sampled_from(gfns), label="gfn")
-        holder = self._race_access(data, gfn)
-        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
-        if not self.d.vm.sched.actor(holder).busy:
+        if s is None or not self._idle("vmm", "dirty_log") or self._hold_mmu_lock(data) is None:
             return None
         actor = self._start_harvest(data, s)
         self._run_to(actor, frozenset({"MMU_LOCK_WRITE"}))
@@ -1350,10 +1353,8 @@ class KvmMachine(RuleBasedStateMachine):
                     gfn=s.base_gfn + (16 if move else 0), npages=s.npages if move else 0,
                     hva=s.userspace_addr - 0x40000, gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
         self._run_to(actor, frozenset({"SYNCHRONIZE_SRCU"}))
-        if not vm.sched.actor(actor).busy or not self._idle("vcpu"):
+        if not vm.sched.actor(actor).busy or self._hold_mmu_lock(data, gfn) is None:
             return None
-        holder = self._race_access(data, gfn)
-        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
         self._run_to(actor, frozenset({"MMU_LOCK_WRITE"}))
         return self._stopped_at(actor, s.base_gfn)
 
@@ -1407,12 +1408,10 @@ class KvmMachine(RuleBasedStateMachine):
         vm = self.d.vm
         geo = vm.arch.geo
         size = geo.pages(2)
-        used = {x.id for x in vm.memslots[0].ordered()}
-        free = [i for i in range(4) if i not in used]
-        frame = next((g for g in range(0, geo.max_gfn - size + 1, size)
-                      if all(vm.memslots[0].search(x) is None for x in range(g, g + size))), None)
-        if not free or frame is None:
+        region = self._free_region(size)
+        if region is None:
             return None
+        slot, frame = region
         vcpu = self._actor(data, "vcpu")
         self._start("access", vcpu, gfn=frame, write=False, private=False, exec=False)
         for _ in range(geo.root_level - 1):  # down to the 4K table
@@ -1420,7 +1419,7 @@ class KvmMachine(RuleBasedStateMachine):
         if not vm.sched.actor(vcpu).busy or not self._idle("vmm") or not self._idle("vcpu"):
             return self._stopped_at(vcpu, frame)
         vmm = self._actor(data, "vmm")
-        self._start("memslot", vmm, slot=free[0], as_id=0, flags=0, gfn=frame, npages=size,
+        self._start("memslot", vmm, slot=slot, as_id=0, flags=0, gfn=frame, npages=size,
                     hva=frame, gmem_offset=-1)
         self._run_to(vmm, frozenset({"SYNCHRONIZE_SRCU"}))
         other = self._actor(data, "vcpu")
@@ -1456,12 +1455,8 @@ class KvmMachine(RuleBasedStateMachine):
             vcpu = self._actor(data, "vcpu")
             self._start("access", vcpu, gfn=g, write=True, private=vm.kvm_mem_is_private(g), exec=False)
             self._run_to(vcpu, frozenset())
-        unmapped = self._unmapped_slot_gfns()
-        if not unmapped or not self._idle("vcpu"):
-            return None
-        holder = self._race_access(data, data.draw(st.sampled_from(unmapped), label="holder_gfn"))
-        self._run_to(holder, frozenset({"TDP_MAP_STEP_DOWN"}))
-        if not vm.sched.actor(holder).busy:
+        holder = self._hold_mmu_lock(data)
+        if holder is None:
             return None
         if self._idle("mm", "host") and "dontneed" in self.host_ops:
             writer = self._actor(data, "mm")
@@ -1488,14 +1483,20 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(victim, frozenset({"TDP_MMU_YIELD"}))
         return self._stopped_at(victim, first)
 
-    def _stop_before_flush(self, data: st.DataObject) -> tuple[str, int] | None:
+    def _maybe_manual_protect(self, data: st.DataObject) -> None:
+        """Maybe (drawn) KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, maybe with INITIALLY_SET, run to its
+        end: only while no slot logs yet (the model's restriction, see
+        kvm_enable_manual_dirty_log_protect)."""
         vm = self.d.vm
         if (not vm.config.manual_protect and not any(s_.logging for s_ in vm.memslots[0].ordered())
                 and data.draw(st.booleans(), label="manual")):
-            actor = self._actor(data, "vmm")  # CLEAR_DIRTY_LOG rather than GET
+            actor = self._actor(data, "vmm")
             self._start("enable_manual_protect", actor,
                         initially_set=data.draw(st.booleans(), label="initially_set"))
             self._run_to(actor, frozenset())
+
+    def _stop_before_flush(self, data: st.DataObject) -> tuple[str, int] | None:
+        self._maybe_manual_protect(data)  # then CLEAR_DIRTY_LOG rather than GET
         s = self._logging_slot(data)
         if s is None or not self._idle("vmm", "dirty_log"):
             return None
@@ -1561,24 +1562,26 @@ class KvmMachine(RuleBasedStateMachine):
         if kind == "memslot":
             actor = self._actor(data, "vmm")
             return self._race_memslot_existing(data, actor, slot)
+        if kind == "dirty_log":
+            return self._start_harvest(data, slot)
         actor = self._actor(data, "vmm")
         if kind == "attributes":
             self._start("set_attributes", actor, start=first, end=end,
                         private=not vm.kvm_mem_is_private(first))
         elif kind == "punch_hole":
             self._start("punch_hole", actor, start=first, end=end)
-        elif kind == "zap_gfn_range":
-            self._start("zap_gfn_range", actor, start=first, end=end)
-        elif vm.config.manual_protect:
-            self._start("clear_dirty_log", actor, slot=slot.id, first=0, num=slot.npages,
-                        mask=(1 << min(slot.npages, 64)) - 1)
         else:
-            self._start("get_dirty_log", actor, slot=slot.id)
+            self._start("zap_gfn_range", actor, start=first, end=end)
         return actor
 
     def _unmapped_slot_gfns(self) -> list[int]:
         """Where a fault likely links a table (TDP_MAP_STEP_DOWN, where it holds mmu_lock for
-        read): memslot gfns no present leaf maps, and maybe one gfn with no memslot."""
+        read): memslot gfns no present leaf maps, and maybe one gfn with no memslot (cached per
+        schedule position, as ``_mapped_leaves``: the weave preconditions ask several times)."""
+        key = len(self.d.steps)
+        cached = getattr(self, "_unmapped_cache", None)
+        if cached is not None and cached[0] == key:
+            return list(cached[1])
         geo = self.d.vm.arch.geo
         leaves = self._mapped_leaves()
         out = [g for g in self._slot_gfns() if self.d.vm.memslots[0].search(g) is not None
@@ -1592,7 +1595,8 @@ class KvmMachine(RuleBasedStateMachine):
             empty = [r + 1 for r in range(0, geo.max_gfn, geo.pages(3)) if r not in used
                      and all(self.d.vm.memslots[0].search(g) is None for g in range(r, r + geo.pages(3)))]
             out = empty[:1] + out
-        return out
+        self._unmapped_cache = (key, out)
+        return list(out)
 
     def _contention_possible(self) -> bool:
         if self.driver is None or self.plain or not self._idle("vcpu") or not self.d.vm.memslots[0].slots:
@@ -1654,22 +1658,29 @@ class KvmMachine(RuleBasedStateMachine):
         if data.draw(st.booleans(), label="resume"):
             self._run_to(victim, frozenset())
 
-    def _create_aligned_slot(self, data: st.DataObject) -> Any:
-        """KVM_SET_USER_MEMORY_REGION2 creating a slot of two huge frames at the first free
-        frame-aligned gfns, hva = gfn (run to its end); the new slot, or None."""
+    def _free_region(self, size: int) -> tuple[int, int] | None:
+        """A free slot id and the first ``size``-aligned run of ``size`` gfns no memslot
+        covers, or None."""
         vm = self.d.vm
         used = {x.id for x in vm.memslots[0].ordered()}
         free = [i for i in range(4) if i not in used]
-        size = 2 * vm.arch.geo.pages(2)
         gfn = next((g for g in range(0, vm.arch.geo.max_gfn - size + 1, size)
                     if all(vm.memslots[0].search(x) is None for x in range(g, g + size))), None)
-        if not free or gfn is None or not self._idle("vmm"):
+        return None if not free or gfn is None else (free[0], gfn)
+
+    def _create_aligned_slot(self, data: st.DataObject) -> Any:
+        """KVM_SET_USER_MEMORY_REGION2 creating a slot of two huge frames at the first free
+        frame-aligned gfns, hva = gfn (run to its end); the new slot, or None."""
+        size = 2 * self.d.vm.arch.geo.pages(2)
+        region = self._free_region(size)
+        if region is None or not self._idle("vmm"):
             return None
+        slot, gfn = region
         actor = self._actor(data, "vmm")
-        self._start("memslot", actor, slot=free[0], as_id=0, flags=0, gfn=gfn, npages=size, hva=gfn,
+        self._start("memslot", actor, slot=slot, as_id=0, flags=0, gfn=gfn, npages=size, hva=gfn,
                     gmem_offset=-1)
         self._run_to(actor, frozenset())
-        return vm.memslots[0].slots.get(free[0])
+        return self.d.vm.memslots[0].slots.get(slot)
 
     def _dirty_cycle_possible(self) -> bool:
         return (self.driver is not None and not self.plain and self._idle("vmm", "dirty_log")
@@ -1683,12 +1694,7 @@ class KvmMachine(RuleBasedStateMachine):
         KVM_GET_DIRTY_LOG or KVM_CLEAR_DIRTY_LOG (with INITIALLY_SET it splits huge pages
         itself) stopped before its flush or at an allocation."""
         vm = self.d.vm
-        logging = any(s_.logging for s_ in vm.memslots[0].ordered())
-        if not vm.config.manual_protect and not logging and data.draw(st.booleans(), label="manual"):
-            actor = self._actor(data, "vmm")
-            self._start("enable_manual_protect", actor,
-                        initially_set=data.draw(st.booleans(), label="initially_set"))
-            self._run_to(actor, frozenset())
+        self._maybe_manual_protect(data)
         # (guest_memfd slots cannot log dirty pages)
         pool = [s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem]
         framed = [s_ for s_ in pool if self._frames(s_)]
@@ -1707,15 +1713,10 @@ class KvmMachine(RuleBasedStateMachine):
         if not self._idle("vmm", "dirty_log"):
             return
         if not s.logging and data.draw(st.booleans(), label="enable"):
-            actor = self._actor(data, "vmm")
-            self._start("memslot", actor, slot=s.id, as_id=0,
-                        flags=(s.flags & ~(1 << 16)) | KVM_MEM_LOG_DIRTY_PAGES, gfn=s.base_gfn,
-                        npages=s.npages, hva=s.userspace_addr - 0x40000,
-                        gmem_offset=s.gmem_pgoff if s.has_gmem else -1)
             stop = data.draw(st.sampled_from(["DONE", "DIRTY_LOG_ENABLE_WRPROT", "TDP_SPLIT_ALLOC"]),
                              label="enable_stop")
-            self._run_to(actor, frozenset({stop}))
-            if vm.sched.actor(actor).busy:
+            actor = self._set_logging(data, s, True, stop)
+            if actor is not None and vm.sched.actor(actor).busy:
                 self._maybe_interpose(data, s.base_gfn)
                 return
             s = vm.memslots[0].slots.get(s.id, s)
