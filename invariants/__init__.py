@@ -13,7 +13,7 @@ from __future__ import annotations
 from kvmfuzz.virt.kvm import Vm
 
 from . import bookkeeping, mapping, structure, x86
-from .walk import present_leaves
+from .walk import TableWalk
 
 STEP_INVARIANTS: tuple[str, ...] = (
     "W0-kernel-warning", "I3-invalidate-counters", "I7-mn-active-count",
@@ -36,10 +36,11 @@ def check_step(vm: Vm) -> None:
     bookkeeping.check_mn_active_count(vm)
     bookkeeping.check_swap_while_invalidating(vm)
     bookkeeping.check_srcu_readers(vm)
-    structure.check_spte_format(vm)
-    x86.check_pt_freed_early(vm)
+    walk = TableWalk(vm)  # the paging structure, walked once for every check that reads it
+    structure.check_spte_format(vm, walk)
+    x86.check_pt_freed_early(vm, walk)
     x86.check_obsolete_roots(vm)
-    leaves = present_leaves(vm)
+    leaves = walk.leaves
     mapping.check_freed_pfn_mapped(vm, leaves)
     mapping.check_no_mapping_in_closed_range(vm, leaves)
     mapping.check_no_mapping_of_dead_slot(vm, leaves)
@@ -49,7 +50,7 @@ def check_step(vm: Vm) -> None:
     structure.check_dirty_logging(vm, leaves)
     x86.check_writable_trio(vm, leaves)
     x86.check_access_track_bits(vm, leaves)
-    x86.check_mmio_generation(vm)
+    x86.check_mmio_generation(vm, walk)
     x86.check_huge_in_logged_slot(vm, leaves)
     x86.check_harvest_lost_write(vm)
     x86.check_flush_before_release(vm)

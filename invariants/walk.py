@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import attrs
 
 from kvmfuzz.virt.kvm import Memslot, Vm
@@ -33,26 +31,62 @@ def live_roots(vm: Vm) -> list[KvmMmuPage]:
     return [r for r in vm.arch.roots if not r.freed]
 
 
-def entries(vm: Vm, sp: KvmMmuPage) -> Iterator[tuple[KvmMmuPage, int, int, int]]:
-    """Every (table, index, gfn, spte) reachable from ``sp``, pre-order."""
-    geo = vm.arch.geo
-    span = geo.pages(sp.level)
+Entry = tuple[KvmMmuPage, int, int, int]  # (table, index, gfn, spte)
+
+
+def _collect(vm: Vm, sp: KvmMmuPage, out: list[Entry]) -> None:
+    """Append every (table, index, gfn, spte) reachable from ``sp`` to ``out``, pre-order,
+    following a present non-leaf only into the live table of the next level it points at."""
+    level = sp.level
+    span = vm.arch.geo.pages(level)
+    by_pfn = vm.arch.sp_by_pfn
+    gfn = sp.gfn
+    leaf_level = level == S.PG_LEVEL_4K
     for idx, spte in enumerate(sp.spt):
-        gfn = sp.gfn + idx * span
-        yield sp, idx, gfn, spte
-        if S.is_shadow_present_pte(spte) and not S.is_last_spte(spte, sp.level):
-            child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
-            if child is not None and child.level == sp.level - 1:
-                yield from entries(vm, child)
+        out.append((sp, idx, gfn, spte))
+        gfn += span
+        # is_shadow_present_pte() and not is_last_spte(), inlined: this runs for every entry
+        # of every table after every step
+        if spte & S.SPTE_MMU_PRESENT_MASK and not leaf_level and not spte & S.PT_PAGE_SIZE_MASK:
+            child = by_pfn.get(S.spte_to_pfn(spte))
+            if child is not None and child.level == level - 1:
+                _collect(vm, child, out)
 
 
-def present_leaves(vm: Vm) -> list[Leaf]:
+def entries(vm: Vm, sp: KvmMmuPage) -> list[Entry]:
+    """Every (table, index, gfn, spte) reachable from ``sp``, pre-order. (A freed table is
+    never followed: tdp_mmu_free_sp() takes it out of ``sp_by_pfn``.)"""
+    out: list[Entry] = []
+    _collect(vm, sp, out)
+    return out
+
+
+class TableWalk:
+    """The paging structure below every root on the root list, walked once per step and shared
+    by the checks that read it (``check_step``): ``of(root)`` is ``entries(vm, root)``, and
+    ``leaves`` the present leaves of the live roots (``present_leaves``). Valid only for the
+    state it was taken from; nothing keeps it across steps."""
+
+    def __init__(self, vm: Vm) -> None:
+        self._by_root = {root.id: entries(vm, root) for root in vm.arch.roots}
+        self.leaves = _leaves(vm, self)
+
+    def of(self, root: KvmMmuPage) -> list[Entry]:
+        return self._by_root[root.id]
+
+
+def _leaves(vm: Vm, walk: TableWalk | None) -> list[Leaf]:
     out = []
     for root in live_roots(vm):
-        for sp, idx, gfn, spte in entries(vm, root):
+        for sp, idx, gfn, spte in (walk.of(root) if walk is not None else entries(vm, root)):
             if S.is_shadow_present_pte(spte) and S.is_last_spte(spte, sp.level):
                 out.append(Leaf(root, sp, idx, sp.level, gfn, spte, sp.src.get(idx)))
     return out
+
+
+def present_leaves(vm: Vm) -> list[Leaf]:
+    """The present leaves below the live roots, in root-list and pre-order."""
+    return _leaves(vm, None)
 
 
 def usable_tlb_entries(vcpu: Vcpu) -> list[TlbEntry]:

@@ -23,18 +23,15 @@ guarantees: detection for any generation distance below 2^width.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from kvmfuzz.errors import ProtocolViolation
 from kvmfuzz.virt.dirty import dirty_bit
 from kvmfuzz.virt.kvm import Vm
 from kvmfuzz.x86 import spte as S
 from kvmfuzz.x86.fault import check_mmio_spte_gen
 from kvmfuzz.x86.mmu import memslots_generation
-from kvmfuzz.x86.tdp_mmu import KvmMmuPage
 from kvmfuzz.x86.tlb import stale_entries
 
-from .walk import Leaf, active_slot, slot_by_serial
+from .walk import Leaf, TableWalk, active_slot, entries, slot_by_serial
 
 
 class MmioGenerationStale(ProtocolViolation):
@@ -69,19 +66,7 @@ class HarvestLostWrite(ProtocolViolation):
     title = "D5-harvest-lost-write"
 
 
-def _tables(vm: Vm, sp: KvmMmuPage) -> Iterator[tuple[KvmMmuPage, int, int, int]]:
-    """(table, index, gfn, spte) below ``sp``, following live tables only."""
-    geo = vm.arch.geo
-    span = geo.pages(sp.level)
-    for idx, spte in enumerate(sp.spt):
-        yield sp, idx, sp.gfn + idx * span, spte
-        if S.is_shadow_present_pte(spte) and not S.is_last_spte(spte, sp.level):
-            child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
-            if child is not None and not child.freed and child.level == sp.level - 1:
-                yield from _tables(vm, child)
-
-
-def check_mmio_generation(vm: Vm) -> None:
+def check_mmio_generation(vm: Vm, walk: TableWalk | None = None) -> None:
     m = vm.arch.masks
     if not m.mmio_caching:
         return
@@ -89,7 +74,7 @@ def check_mmio_generation(vm: Vm) -> None:
     for root in sorted((r for r in vm.arch.roots if not r.freed and not r.role_invalid),
                        key=lambda r: r.id):
         gen = memslots_generation(vm, root.as_id)
-        for sp, idx, _gfn, spte in _tables(vm, root):
+        for sp, idx, _gfn, spte in (walk.of(root) if walk is not None else entries(vm, root)):
             if not S.is_mmio_spte(m, spte) or not check_mmio_spte_gen(vm, spte, gen):
                 continue
             gfn = S.get_mmio_spte_gfn(m, spte)
@@ -135,7 +120,7 @@ def check_obsolete_roots(vm: Vm) -> None:
                                        "kvm_mmu_zap_all_fast() returned")
 
 
-def check_pt_freed_early(vm: Vm) -> None:
+def check_pt_freed_early(vm: Vm, walk: TableWalk | None = None) -> None:
     rcu = vm.arch.rcu
     for sp in rcu.freed:
         readers = rcu.readers_before(sp.removed_at)
@@ -153,7 +138,7 @@ def check_pt_freed_early(vm: Vm) -> None:
             raise PageTableFreedEarly(f"{vcpu.name} still uses freed {vcpu.root.describe()} "
                                       f"(refcount {vcpu.root.root_refcount})")
     for root in vm.arch.roots:
-        for sp, idx, gfn, spte in _tables(vm, root):
+        for sp, idx, gfn, spte in (walk.of(root) if walk is not None else entries(vm, root)):
             if S.is_shadow_present_pte(spte) and not S.is_last_spte(spte, sp.level):
                 child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
                 if child is None or child.freed:

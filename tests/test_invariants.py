@@ -1452,3 +1452,16 @@ def test_i1_without_the_huge_split_exemption_fires_on_that_schedule(
     monkeypatch.setattr(mapping, "_tlb_huge_still_pmd_mapped", lambda *a: False)
     with pytest.raises(mapping.ClosedRangeMapped, match="vcpu0 TLB gfn 0x21"):
         _split_pending_huge_translation()
+
+
+def test_the_shared_walk_is_the_per_check_walk() -> None:
+    """check_step walks the paging structure once (TableWalk) and hands it to the checks; each
+    check called alone walks it itself: both must see the same entries and leaves."""
+    from kvmfuzz.invariants.walk import TableWalk, entries
+    for build in (shared_state, dead_root_tlb_state, dirty_log_harvested_state):
+        vm = build().vm
+        walk = TableWalk(vm)
+        assert vm.arch.roots
+        for root in vm.arch.roots:
+            assert walk.of(root) == entries(vm, root)
+        assert walk.leaves == present_leaves(vm) and walk.leaves
