@@ -37,9 +37,14 @@ class Throughput:
     """Steps/s of the full model and of a no-op machine with the same rules and draws.
 
     ``rule_steps``: Hypothesis rule executions (initialize included); ``scheduler_steps``: the
-    model's atomic steps (``run`` rules and teardown). ``ratio``: full rule steps/s over no-op
-    rule steps/s, the like-for-like figure; ``ratio_all_steps`` counts the full model's rule and
-    scheduler steps against the no-op's rule steps.
+    model's atomic steps (``run`` rules and teardown). ``ratio``: full rule steps/s over the
+    no-op rule steps/s, the like-for-like figure, against the no-op machine that makes as many
+    *choices* (Hypothesis's primitive draws: one integer, one boolean) per rule as the full
+    model's st.data() draws made; ``ratio_draw_matched`` against the no-op machine that makes as
+    many ``data.draw`` calls, each a single choice: it also charges the model for Hypothesis's
+    cost of the extra choices inside its composite draws (a config, a list of flags), so it is
+    the lower figure. ``ratio_all_steps`` counts the full model's rule and scheduler steps
+    against the choice-matched no-op's rule steps.
     """
 
     seconds: float
@@ -50,6 +55,9 @@ class Throughput:
     noop_rule_steps: int
     noop_seconds: float
     draws_per_rule: dict[str, float]
+    choices_per_rule: dict[str, float]
+    draw_matched_rule_steps: int = 0
+    draw_matched_seconds: float = 0.0
     error: str | None = None
 
     @property
@@ -73,13 +81,24 @@ class Throughput:
         return self.full_rule_steps_per_s / self.noop_rule_steps_per_s if self.noop_rule_steps else 0.0
 
     @property
+    def draw_matched_rule_steps_per_s(self) -> float:
+        return self.draw_matched_rule_steps / self.draw_matched_seconds if self.draw_matched_seconds \
+            else 0.0
+
+    @property
+    def ratio_draw_matched(self) -> float:
+        floor = self.draw_matched_rule_steps_per_s
+        return self.full_rule_steps_per_s / floor if floor else 0.0
+
+    @property
     def ratio_all_steps(self) -> float:
         return self.full_all_steps_per_s / self.noop_rule_steps_per_s if self.noop_rule_steps else 0.0
 
     def to_json(self) -> dict[str, Any]:
         out = attrs.asdict(self)
         for name in ("full_rule_steps_per_s", "full_scheduler_steps_per_s", "full_all_steps_per_s",
-                     "noop_rule_steps_per_s", "ratio", "ratio_all_steps"):
+                     "noop_rule_steps_per_s", "draw_matched_rule_steps_per_s", "ratio",
+                     "ratio_draw_matched", "ratio_all_steps"):
             out[name] = getattr(self, name)
         return out
 
@@ -96,15 +115,26 @@ def _marked(cls: type[RuleBasedStateMachine], marker: str) -> list[tuple[str, An
             if getattr(f, marker, None) is not None]
 
 
+def _choices_made(data: st.DataObject) -> int:
+    """How many choices (primitive draws) the example has made so far. (``nodes`` is the
+    ConjectureData's choice record, internal to Hypothesis: this is measurement only.)"""
+    return len(data.conjecture_data.nodes)
+
+
 class _CountingData:
-    """A DataObject that counts its draws (delegates everything to the real one)."""
+    """A DataObject that counts its draws and the choices they make (delegates everything to
+    the real one): ``counter`` is [draws, choices]."""
 
     def __init__(self, data: st.DataObject, counter: list[int]) -> None:
         self._data, self._counter = data, counter
 
     def draw(self, strategy: st.SearchStrategy[Any], label: Any = None) -> Any:
+        before = _choices_made(self._data)
         self._counter[0] += 1
-        return self._data.draw(strategy, label=label)
+        try:
+            return self._data.draw(strategy, label=label)
+        finally:
+            self._counter[1] += _choices_made(self._data) - before
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._data, name)
@@ -130,7 +160,7 @@ def _rewrap(r: Any, marker: str, fn: Callable[..., None]) -> Callable[..., None]
 @attrs.define
 class _Counts:
     rules: int = 0
-    draws: dict[str, list[int]] = attrs.field(factory=dict)  # rule -> [calls, draws]
+    draws: dict[str, list[int]] = attrs.field(factory=dict)  # rule -> [calls, draws, choices]
     start: float = 0.0
     seconds: float = 0.0
     examples: int = 0
@@ -157,15 +187,16 @@ def _counting_machine(base: type[KvmMachine], counts: _Counts) -> type[KvmMachin
         for name, r in _marked(base, marker):
             def counted(self: KvmMachine, _fn: Any = r.function, _name: str = name,
                         **kwargs: Any) -> None:
-                tally = counts.draws.setdefault(_name, [0, 0])
+                tally = counts.draws.setdefault(_name, [0, 0, 0])
                 tally[0] += 1
-                box = [0]
+                box = [0, 0]
                 args = {k: _CountingData(v, box) if isinstance(v, st.DataObject) else v
                         for k, v in kwargs.items()}
                 try:
                     _fn(self, **args)
                 finally:
                     tally[1] += box[0]
+                    tally[2] += box[1]
             counted.__name__ = name
             body[name] = _rewrap(r, marker, counted)
 
@@ -187,7 +218,8 @@ def _noop_machine(base: type[KvmMachine], counts: _Counts,
                   draws: dict[str, float]) -> type[RuleBasedStateMachine]:
     """A machine with ``base``'s rules (same names, same argument strategies, no
     preconditions) and invariants, whose rules do nothing but make, per st.data() argument,
-    as many ``data.draw`` calls as the full model's rule made on average (``draws``). The
+    as many single-choice ``data.draw`` calls as the full model's rule made draws, or choices,
+    on average (``draws``: see ``throughput``). The
     fraction is carried over from call to call within an example (not across examples: the
     draws must be a function of the example, or Hypothesis sees flaky data generation)."""
     body: dict[str, Any] = {}
@@ -240,21 +272,28 @@ def _run_for(machine: type[RuleBasedStateMachine], counts: _Counts, seconds: flo
 
 def throughput(seconds: float, *, seed: int = 0, step_count: int = DEFAULT_STEP_COUNT) -> Throughput:
     """Steps/s of the full model (the correct model, every invariant on) for ``seconds``, then,
-    in the same process, of the no-op machine (``_noop_machine``) for ``seconds``.
+    in the same process, of two no-op machines (``_noop_machine``) for ``seconds`` each.
 
     The no-op machine is built by introspecting KvmMachine's rules (hypothesis.stateful keeps
     each rule's argument strategies on it), so it has the same rules with the same argument
-    strategies; the number of ``data.draw`` calls each st.data() rule makes depends on the
-    model's state, so it is measured in the full run and replayed on average (each no-op draw
-    is a small integer; a full-model draw may be a composite strategy, so the floor is, if
-    anything, slightly low)."""
+    strategies. What a st.data() rule draws depends on the model's state, so the full run
+    measures, per rule, its ``data.draw`` calls and the choices they made, and each no-op
+    machine replays one of them on average as single-choice draws: the choice-matched one is
+    the engine's floor for the same choice sequence (``ratio``); the draw-matched one makes
+    fewer choices when the model draws composite values, so it is faster and its ratio lower
+    (``ratio_draw_matched``)."""
     stats = Stats()
     full = _Counts()
     _run_for(_counting_machine(make_machine(None, stats=stats), full), full, seconds, seed,
              step_count)
     full_seconds = time.monotonic() - full.start
-    draws = {name: (d / c if c else 0.0) for name, (c, d) in sorted(full.draws.items())}
+    draws = {name: (d / c if c else 0.0) for name, (c, d, _n) in sorted(full.draws.items())}
+    choices = {name: (n / c if c else 0.0) for name, (c, _d, n) in sorted(full.draws.items())}
     noop = _Counts()
-    noop_seconds = _run_for(_noop_machine(KvmMachine, noop, draws), noop, seconds, seed, step_count)
+    noop_seconds = _run_for(_noop_machine(KvmMachine, noop, choices), noop, seconds, seed, step_count)
+    by_draws = _Counts()
+    by_draws_seconds = _run_for(_noop_machine(KvmMachine, by_draws, draws), by_draws, seconds, seed,
+                                step_count)
     return Throughput(full_seconds, full.examples, full.rules, stats.steps, noop.examples,
-                      noop.rules, noop_seconds, draws, full.error or noop.error)
+                      noop.rules, noop_seconds, draws, choices, by_draws.rules, by_draws_seconds,
+                      full.error or noop.error or by_draws.error)
