@@ -159,7 +159,10 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
              f"settings: budget {report['settings']['seconds']:g}s per bug and seed, "
              f"{report['settings']['seeds']} seeds, shrink up to "
              f"{report['settings']['shrink_seconds']:g}s, {report['settings']['step_count']} "
-             f"rules per example, {report['settings'].get('machine', 'hunting')} machine",
+             f"rules per example, {report['settings'].get('machine', 'hunting')} machine"
+             + (f"; plain baseline budget {report['settings']['plain_seconds']:g}s"
+                if report["settings"].get("plain") and report["settings"].get("plain_seconds")
+                not in (None, report["settings"]["seconds"]) else ""),
              f"bugs: {o['bugs']}; found on every seed: {o['found_every_seed']}; never found: "
              f"{', '.join(o['never_found']) or 'none'}; median time-to-find within 20 s: "
              f"{o['bugs_median_within_20s']}; shrunk within 12 machine steps (max over seeds): "
@@ -203,6 +206,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=DEFAULT_JSON, metavar="OUT",
                    help=f"where to write the JSON report (default {DEFAULT_JSON})")
     p.add_argument("--no-plain", action="store_true", help="skip the plain baseline")
+    p.add_argument("--plain-seconds", type=float, default=None,
+                   help="budget per bug and seed for the plain baseline (default: --seconds). "
+                   "A longer one turns the ratios of bugs plain does not find in --seconds from "
+                   "lower bounds into measurements")
     p.add_argument("--weaving", action="store_true",
                    help="hunt with the WeavingMachine (a campaign's odd rounds) instead of the "
                    "hunting machine")
@@ -233,13 +240,16 @@ def _bug_names(p: argparse.ArgumentParser, value: str | None) -> list[str]:
 
 def run_bench(bugs: Sequence[str], *, seconds: float, seeds: int, plain: bool,
               shrink_seconds: float, step_count: int, throughput_seconds: float,
-              progress: Callable[[str], None], weaving: bool = False) -> dict[str, Any]:
-    """The whole benchmark; returns the JSON report (``interrupted`` if Ctrl-C cut it short)."""
+              progress: Callable[[str], None], weaving: bool = False,
+              plain_seconds: float | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns the JSON report (``interrupted`` if Ctrl-C cut it short).
+    ``plain_seconds``: the plain baseline's budget per bug and seed (default ``seconds``)."""
+    plain_budget = seconds if plain_seconds is None else plain_seconds
     report: dict[str, Any] = {
         "format": FORMAT, "machine": machine_info(), "bugs": [], "throughput": None,
         "interrupted": False,
         "settings": {"seconds": seconds, "seeds": seeds, "plain": plain, "step_count": step_count,
-                     "machine": "weaving" if weaving else "hunting",
+                     "plain_seconds": plain_budget, "machine": "weaving" if weaving else "hunting",
                      "shrink_seconds": shrink_seconds, "throughput_seconds": throughput_seconds}}
     try:
         for name in bugs:
@@ -256,10 +266,10 @@ def run_bench(bugs: Sequence[str], *, seconds: float, seeds: int, plain: bool,
             if plain:
                 pruns = []
                 for seed in range(seeds):
-                    pruns.append(hunt(name, seed, plain=True, seconds=seconds, shrink_seconds=0,
-                                      step_count=step_count))
+                    pruns.append(hunt(name, seed, plain=True, seconds=plain_budget,
+                                      shrink_seconds=0, step_count=step_count))
                     progress(pruns[-1].line())
-                entry["plain"] = summarize(pruns, seconds)
+                entry["plain"] = summarize(pruns, plain_budget)
                 entry["plain"]["runs"] = [r.to_json() for r in pruns]
                 entry["speedup"] = speedup(entry["aware"], entry["plain"])
             report["bugs"].append(entry)
@@ -291,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not (args.seconds > 0 and math.isfinite(args.seconds)):
         p.error("--seconds: expected a positive number")
+    if args.plain_seconds is not None and not (args.plain_seconds > 0
+                                               and math.isfinite(args.plain_seconds)):
+        p.error("--plain-seconds: expected a positive number")
     if args.seeds < 1:
         p.error("--seeds: expected at least 1")
     if args.step_count < 1:
@@ -303,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_bench(bugs, seconds=args.seconds, seeds=args.seeds, plain=not args.no_plain,
                        shrink_seconds=args.shrink_seconds, step_count=args.step_count,
                        throughput_seconds=args.throughput_seconds, progress=progress,
-                       weaving=args.weaving)
+                       weaving=args.weaving, plain_seconds=args.plain_seconds)
     print(format_table(table_rows(report), markdown=args.markdown))
     print()
     for line in _summary_lines(report):

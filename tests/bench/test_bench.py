@@ -119,15 +119,18 @@ def test_speedup_is_a_lower_bound_when_plain_misses() -> None:
 def test_main_writes_the_json_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
     code = bench.main(["--bugs", QUICK_BUG, "--seeds", "1", "--seconds", "2", "--json", str(out),
-                       "--shrink-seconds", "1", "--step-count", "10", "--throughput-seconds", "0.5"])
+                       "--shrink-seconds", "1", "--step-count", "10", "--throughput-seconds", "0.5",
+                       "--plain-seconds", "3"])
     assert code == 0
     printed = capsys.readouterr()
     assert QUICK_BUG in printed.out and "machine:" in printed.out and "throughput" in printed.out
+    assert "plain baseline budget 3s" in printed.out
     assert "kvmfuzz bench:" in printed.err  # progress lines
     report = json.loads(out.read_text())
     assert report["format"] == "kvmfuzz-bench/1" and not report["interrupted"]
     assert set(report["machine"]) >= {"cpu", "cores", "python", "hypothesis"}
     assert report["settings"]["seeds"] == 1 and report["settings"]["seconds"] == 2
+    assert report["settings"]["plain_seconds"] == 3 and report["bugs"][0]["plain"]["budget"] == 3
     [entry] = report["bugs"]
     assert entry["name"] == QUICK_BUG and "I10-pin-leak" in entry["caught_by"]
     for mode in ("aware", "plain"):
@@ -167,7 +170,8 @@ def test_main_weaving_hunts_with_the_weaving_machine(tmp_path: Path,
     assert report["settings"]["machine"] == "weaving" and report["bugs"][0]["aware"]["found"] == 1
 
 
-@pytest.mark.parametrize("argv", [["--bugs", "no_such_bug"], ["--seeds", "0"], ["--seconds", "-1"]])
+@pytest.mark.parametrize("argv", [["--bugs", "no_such_bug"], ["--seeds", "0"], ["--seconds", "-1"],
+                                  ["--plain-seconds", "0"]])
 def test_main_rejects_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         bench.main(argv)
