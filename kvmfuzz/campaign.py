@@ -386,7 +386,8 @@ def run_campaign(seconds: float, *, seed: int = 0, bug: str | None = None,
     finally:
         restore()
     result.seconds = time.monotonic() - start
-    result.coverage = hooks.coverage.report(f"seed {seed}", result.seconds) if hooks.coverage else None
+    result.coverage = hooks.coverage.report(f"seed {seed}", result.seconds, bug) \
+        if hooks.coverage else None
     return result
 
 

@@ -414,6 +414,7 @@ class Run:
     examples: int
     steps: int
     samples: tuple[Sample, ...] = ()
+    bug: str | None = None  # the planted bug the campaign ran (None: the correct model)
 
 
 Arc = tuple[int, int]
@@ -550,6 +551,7 @@ class CoverageReport:
             "format": FORMAT,
             "runs": [{"label": r.label, "seconds": r.seconds, "examples": r.examples,
                       "steps": r.steps, "samples": [attrs.astuple(s) for s in r.samples]}
+                     | ({"bug": r.bug} if r.bug is not None else {})
                      for r in self.runs],
             "points": self.points, "outcomes": self.outcomes,
             "pairs": [[s, k, n] for (s, k), n in sorted(self.pairs.items())],
@@ -563,7 +565,7 @@ class CoverageReport:
         if d.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} document (format {d.get('format')!r})")
         runs = tuple(Run(r["label"], r["seconds"], r["examples"], r["steps"],
-                         tuple(Sample(*s) for s in r["samples"])) for r in d["runs"])
+                         tuple(Sample(*s) for s in r["samples"]), r.get("bug")) for r in d["runs"])
         files = d.get("files")
         return cls(dict(d["points"]), dict(d["outcomes"]),
                    {(s, k): n for s, k, n in d["pairs"]}, dict(d.get("unknown", {})),
@@ -751,12 +753,13 @@ class CoverageCollector:
         self.samples.append(Sample(self.examples, round(time.monotonic() - self.started, 3),
                                    *self._hits))
 
-    def report(self, label: str, seconds: float | None = None) -> CoverageReport:
-        """The report so far, as one run called ``label``."""
+    def report(self, label: str, seconds: float | None = None,
+               bug: str | None = None) -> CoverageReport:
+        """The report so far, as one run called ``label`` (of planted ``bug``, if any)."""
         if not self.samples or self.samples[-1].examples != self.examples:
             self._sample()
         elapsed = time.monotonic() - self.started if seconds is None else seconds
-        run = Run(label, round(elapsed, 3), self.examples, self.steps, tuple(self.samples))
+        run = Run(label, round(elapsed, 3), self.examples, self.steps, tuple(self.samples), bug)
         return CoverageReport(_sorted(self.points), _sorted(self.outcomes), _sorted(self.pairs),
                               _sorted(self.unknown), None, (run,))
 
@@ -1145,10 +1148,29 @@ def _excluded_counts(files: Iterable[FileBranches]) -> dict[str, int]:
     return counts
 
 
-def _unreachable_executed(files: Iterable[FileBranches]) -> list[str]:
-    """``path:from->to`` of the arcs marked unreachable that were taken anyway."""
-    return [f"{f.path}:{a}->{'exit' if b < 0 else b}" for f in files
-            for a, b in f.unreachable_executed]
+def _unreachable_executed(report: CoverageReport) -> tuple[list[str], list[str]]:
+    """``path:from->to`` of the arcs marked unreachable that were taken anyway: (those to
+    flag: a wrong marker; those whose marker's reason names a planted bug one of the runs
+    had, which is what the reason says takes them)."""
+    bugs = _run_bugs(report)
+    flagged: list[str] = []
+    explained: list[str] = []
+    for f in report.files or ():
+        for a, b in f.unreachable_executed:
+            named = _names_a_bug(f.reasons.get((a, b), ""), bugs)
+            (explained if named else flagged).append(f"{f.path}:{a}->{'exit' if b < 0 else b}")
+    return flagged, explained
+
+
+def _run_bugs(report: CoverageReport) -> frozenset[str]:
+    """The planted bugs the report's runs had."""
+    return frozenset(r.bug for r in report.runs if r.bug is not None)
+
+
+def _names_a_bug(reason: str, bugs: frozenset[str]) -> bool:
+    """Whether an unreachable marker's reason names one of ``bugs`` (so the arc is expected
+    to be taken under it)."""
+    return any(re.search(rf"\b{re.escape(bug)}\b", reason) for bug in bugs)
 
 
 def _branch_footnote(report: CoverageReport) -> list[str]:
@@ -1163,10 +1185,13 @@ def _branch_footnote(report: CoverageReport) -> list[str]:
     if counts.get("unreachable"):
         lines.append("  (unreachable arcs: marked '# unreachable: <reason>' in the model source; "
                      "reasons in coverage.json and the HTML page)")
-    taken = _unreachable_executed(report.files)
+    taken, explained = _unreachable_executed(report)
     if taken:
-        lines.append(f"  MARKED UNREACHABLE BUT TAKEN ({len(taken)}; a wrong marker, or a run with "
-                     "the planted bug its reason names): " + ", ".join(taken))
+        lines.append(f"  MARKED UNREACHABLE BUT TAKEN ({len(taken)}; a wrong marker): "
+                     + ", ".join(taken))
+    if explained:
+        lines.append(f"  marked unreachable, taken under the planted bug their reason names "
+                     f"({len(explained)}): " + ", ".join(explained))
     return lines
 
 
@@ -1293,10 +1318,13 @@ def _branches(report: CoverageReport) -> str:
              + "; ".join(f"{_e(why)} ({cls}: {counts[cls]})" for cls, why in ARC_CLASSES.items())
              + ". Missing arcs are listed by class (<code>line&#8594;line</code>); every arc "
              "marked unreachable is also listed, with its reason, below the table.</p>")
-    taken = _unreachable_executed(report.files)
+    taken, explained = _unreachable_executed(report)
     if taken:
-        intro += (f'<p class="bad">Marked unreachable but taken ({len(taken)}; a wrong marker, or '
-                  f"a run with the planted bug its reason names): {_e(', '.join(taken))}</p>")
+        intro += (f'<p class="bad">Marked unreachable but taken ({len(taken)}; a wrong '
+                  f"marker): {_e(', '.join(taken))}</p>")
+    if explained:
+        intro += (f'<p class="why">Marked unreachable, taken under the planted bug their reason '
+                  f"names ({len(explained)}): {_e(', '.join(explained))}</p>")
     rows = []
     for f in report.files:
         br = Ratio(len(f.branches_executed), f.branches)
@@ -1325,7 +1353,7 @@ def _branches(report: CoverageReport) -> str:
                 f"<td class=\"num\">{total_st} ({total_st.percent:.1f}%)</td><td></td></tr>")
     return (intro + "<table><tr><th>file</th><th>area</th><th>protocol branches</th>"
             "<th>all branches</th><th>statements</th><th>missing</th></tr>" + "".join(rows)
-            + "</table>" + _unreachable_table(report.files))
+            + "</table>" + _unreachable_table(report.files, _run_bugs(report)))
 
 
 def _by_reason(f: FileBranches, arcs: Iterable[Arc]) -> list[tuple[str, list[Arc]]]:
@@ -1336,14 +1364,17 @@ def _by_reason(f: FileBranches, arcs: Iterable[Arc]) -> list[tuple[str, list[Arc
     return sorted(groups.items(), key=lambda kv: kv[1][0])
 
 
-def _unreachable_table(files: Iterable[FileBranches]) -> str:
-    """Every arc excluded as unreachable, with the reason its marker gives."""
+def _unreachable_table(files: Iterable[FileBranches], bugs: frozenset[str] = frozenset()) -> str:
+    """Every arc excluded as unreachable, with the reason its marker gives (an arc taken is
+    flagged, unless the reason names one of the run's planted ``bugs``)."""
     rows = []
     for f in files:
         marked = [a for a, cls in f.excluded.items() if cls == "unreachable"]
         for why, arcs in _by_reason(f, marked):
             taken = [a for a in arcs if a in f.branches_executed]
-            flag = (f' <span class="bad">taken: {", ".join(_fmt_arc(a) for a in taken)}</span>'
+            css, what = ("why", "taken under the planted bug") if _names_a_bug(why, bugs) \
+                else ("bad", "taken")
+            flag = (f' <span class="{css}">{what}: {", ".join(_fmt_arc(a) for a in taken)}</span>'
                     if taken else "")
             rows.append(f"<tr><td><code>{_e(f.path)}</code></td><td><code>"
                         f"{', '.join(_fmt_arc(a) for a in arcs)}</code>{flag}</td>"

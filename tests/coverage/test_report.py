@@ -170,3 +170,11 @@ def test_load_rejects_other_documents(tmp_path: Path) -> None:
     else:
         raise AssertionError("loaded a schedule as a coverage report")
     assert attrs.evolve(CoverageReport(), runs=()).examples == 0
+
+
+def test_a_campaign_records_its_planted_bug(short_campaign: CampaignResult) -> None:
+    """The report knows which planted bug a run had (its markers' reasons may name it)."""
+    from kvmfuzz.campaign import run_campaign
+    assert [r.bug for r in _report(short_campaign).runs] == [None]
+    calib = run_campaign(0.5, seed=0, bug="calib_no_memslot_optimisation", database="none")
+    assert [r.bug for r in _report(calib).runs] == ["calib_no_memslot_optimisation"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 
 from kvmfuzz.config import VmConfig
@@ -17,6 +18,7 @@ from kvmfuzz.coverage import (
     CoverageReport,
     FileBranches,
     MarkerError,
+    Run,
     arc_exclusions,
     classify_arcs,
     render_html,
@@ -192,3 +194,27 @@ def test_the_report_shows_the_reasons_and_flags_a_taken_marked_arc() -> None:
         {(2, 4): "unreachable"}, {(2, 4): "never"})])
     assert "TAKEN" not in "\n".join(terminal_lines(quiet))
     assert 'class="bad"' not in render_html(quiet).split('id="branches"')[1]
+
+
+def test_an_arc_taken_under_the_planted_bug_its_reason_names_is_not_flagged() -> None:
+    """A campaign run with --kvmfuzz-bug takes the arcs marked "only with the planted bug X":
+    the report says so instead of flagging a wrong marker; any other taken arc is still
+    flagged, and the bug survives the JSON round trip."""
+    planted = FileBranches("x86/fast_pf.py", frozenset({1, 2, 3}), frozenset(),
+                           frozenset({(2, 3), (3, 4)}), frozenset(),
+                           {(2, 3): "unreachable", (3, 4): "unreachable"},
+                           {(2, 3): "true only with the planted bug fast_pf_marks_dirty_before_cmpxchg",
+                            (3, 4): "a wrong claim"})
+    run = Run("seed 0", 1.0, 1, 1, (), "fast_pf_marks_dirty_before_cmpxchg")
+    report = CoverageReport(runs=(run,)).with_files([planted])
+    assert CoverageReport.from_json(json.loads(json.dumps(report.to_json()))).runs == (run,)
+    text = "\n".join(terminal_lines(report))
+    assert "MARKED UNREACHABLE BUT TAKEN (1; a wrong marker): x86/fast_pf.py:3->4" in text
+    assert "taken under the planted bug their reason names (1): x86/fast_pf.py:2->3" in text
+    page = render_html(report)
+    assert 'class="why">taken under the planted bug: 2&#8594;3' in page
+    assert 'class="bad">taken: 3&#8594;4' in page
+    # the same arcs in a run of the correct model (or of another bug): both flagged
+    for other in (None, "fast_pf_without_cmpxchg"):
+        again = CoverageReport(runs=(attrs.evolve(run, bug=other),)).with_files([planted])
+        assert "MARKED UNREACHABLE BUT TAKEN (2" in "\n".join(terminal_lines(again))
