@@ -219,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step-count", type=int, default=DEFAULT_STEP_COUNT,
                    help=f"rules per generated example (default {DEFAULT_STEP_COUNT})")
     p.add_argument("--throughput-seconds", type=float, default=10.0,
-                   help="seconds for each of the two throughput runs (default 10; 0: skip)")
+                   help="seconds for each of the three throughput runs: the full model, the "
+                   "choice-matched and the draw-matched no-op machine (default 10; 0: skip)")
     return p
 
 
@@ -274,7 +275,8 @@ def run_bench(bugs: Sequence[str], *, seconds: float, seeds: int, plain: bool,
                 entry["speedup"] = speedup(entry["aware"], entry["plain"])
             report["bugs"].append(entry)
         if throughput_seconds > 0:
-            progress(f"throughput: full model, then no-op machine, {throughput_seconds:g}s each")
+            progress(f"throughput: full model, then the two no-op machines, {throughput_seconds:g}s "
+                     "each")
             report["throughput"] = throughput(throughput_seconds, step_count=step_count).to_json()
     except KeyboardInterrupt:
         report["interrupted"] = True
