@@ -11,10 +11,13 @@ A corpus file (architecture §5) is one JSON object::
                   "violation": {"title": "...", "message": "..."}}}
 
 Names are resolved (actor names, operation names, ``kvmfuzz.points.Point`` names), never raw
-Hypothesis draws. ``reached`` is a Point name or ``DONE`` (the operation returned); the last
-step of a schedule may be a "run" without ``reached``: the operation raised the violation
-inside that step. Every problem with a file is an ``InvalidSchedule`` naming the file, the step
-(its index in ``steps``) and what was expected.
+Hypothesis draws. The actors are ``vcpu0``.. (``config.nr_vcpus``), ``mm0``, ``mm1`` and the VMM
+threads ``vmm0``, ``vmm1`` and, in a WeavingMachine schedule, ``vmm2``: replay builds a VM with
+two VMM threads unless a step names the third (``Schedule.nr_vmm``), so a file that names only
+``vmm0`` / ``vmm1`` replays exactly as before the third existed. ``reached`` is a Point name or
+``DONE`` (the operation returned); the last step of a schedule may be a "run" without
+``reached``: the operation raised the violation inside that step. Every problem with a file is
+an ``InvalidSchedule`` naming the file, the step (its index in ``steps``) and what was expected.
 
 Replay drives a fresh ``Driver``. On the model the schedule was recorded on (its bug) replay is
 *strict*: every recorded ``reached`` point is checked and a drifted schedule is an
@@ -45,7 +48,7 @@ import attrs
 from kvmfuzz import driver as _driver
 from kvmfuzz.bugs import BY_NAME
 from kvmfuzz.config import VmConfig
-from kvmfuzz.driver import NR_MM_ACTORS, NR_VMM_ACTORS, OPS, Driver, SlotSpec, Step
+from kvmfuzz.driver import MAX_VMM_ACTORS, NR_MM_ACTORS, NR_VMM_ACTORS, OPS, Driver, SlotSpec, Step
 from kvmfuzz.errors import InvalidArgument, InvalidSchedule, ProtocolViolation
 from kvmfuzz.points import Point
 from kvmfuzz.virt.kvm import KVM_USER_MEM_SLOTS
@@ -111,8 +114,19 @@ class Schedule:
         return self.meta.bug
 
     @property
+    def nr_vmm(self) -> int:
+        """The VMM threads the VM needs: the default two, or as many as the steps name (a
+        WeavingMachine schedule may use a third; an idle thread changes nothing)."""
+        used = [int(s.actor[3:]) + 1 for s in self.steps if s.actor.startswith("vmm")]
+        return max([NR_VMM_ACTORS, *used])
+
+    @property
     def actors(self) -> list[str]:
-        return actor_names(self.config)
+        return actor_names(self.config, self.nr_vmm)
+
+    def driver(self, bug: str | None) -> Driver:
+        """A fresh ``Driver`` for this schedule on the model with planted ``bug``."""
+        return Driver(attrs.evolve(self.config, bug=bug), self.slots, nr_vmm=self.nr_vmm)
 
     def to_json(self) -> dict[str, Any]:
         config = self.config.to_json()
@@ -151,10 +165,11 @@ class Schedule:
         return re.sub(r"[^a-z0-9_.-]+", "-", raw.lower()).strip("-") + ".json"
 
 
-def actor_names(config: VmConfig) -> list[str]:
-    """The actors of a VM built from ``config``, in the scheduler's stable order."""
+def actor_names(config: VmConfig, nr_vmm: int = NR_VMM_ACTORS) -> list[str]:
+    """The actors of a VM built from ``config`` with ``nr_vmm`` VMM threads, in the scheduler's
+    stable order."""
     return ([f"vcpu{i}" for i in range(config.nr_vcpus)] + [f"mm{i}" for i in range(NR_MM_ACTORS)]
-            + [f"vmm{i}" for i in range(NR_VMM_ACTORS)])
+            + [f"vmm{i}" for i in range(nr_vmm)])
 
 
 def where(steps: Sequence[Step]) -> tuple[str, str]:
@@ -244,7 +259,7 @@ def from_json(data: Any, file: str = "<schedule>") -> Schedule:
         raise bad(f"steps is {_type_name(raw_steps)}", "a list of steps")
     if len(raw_steps) > MAX_STEPS:
         raise bad(f"{len(raw_steps)} steps", f"at most {MAX_STEPS} steps")
-    actors = actor_names(config)
+    actors = actor_names(config, MAX_VMM_ACTORS)  # (a schedule may name up to the maximum)
     steps = tuple(_step(raw, i, i == len(raw_steps) - 1, config, actors, bad)
                   for i, raw in enumerate(raw_steps))
     return Schedule(title, config, slots, steps, meta)
@@ -505,7 +520,7 @@ def replay(schedule: Schedule, bug: str | None, *, file: str | None = None,
     strict = (bug == schedule.bug) if strict is None else strict
     name = file or "<schedule>"
     try:
-        driver = Driver(attrs.evolve(schedule.config, bug=bug), schedule.slots)
+        driver = schedule.driver(bug)
     except InvalidArgument as exc:
         raise InvalidSchedule(f"initial memslots: {exc}", file=name,
                               expected="slots the model accepts") from None

@@ -47,7 +47,11 @@ NR_MM_ACTORS = 2
 # Teardown switches actors here: a vCPU re-entering after a handled fault (it may be retrying
 # on an open window), and a TDP walk that dropped mmu_lock because someone is waiting for it.
 TEARDOWN_SWITCH_AT = frozenset({Point.VCPU_REENTER, Point.TDP_MMU_YIELD})
+# VMM threads (vmm0, vmm1, ...): two by default (the hunting machine, and every corpus file that
+# names no other); the WeavingMachine runs a third, so that an operation of a third kind can run
+# while one VMM thread holds slots_lock and another waits for it.
 NR_VMM_ACTORS = 2
+MAX_VMM_ACTORS = 3
 
 
 @attrs.frozen
@@ -123,8 +127,11 @@ OPS: dict[str, tuple[str, tuple[str, ...]]] = {
 OPTIONAL_ARGS: dict[str, dict[str, Any]] = {"access": {"exec": False}}
 
 
-def build_vm(config: VmConfig) -> Vm:
-    """A VM with its actors, the VMM's guest-memory mapping and KVM's MMU notifier."""
+def build_vm(config: VmConfig, nr_vmm: int = NR_VMM_ACTORS) -> Vm:
+    """A VM with its actors (``nr_vmm`` VMM threads), the VMM's guest-memory mapping and KVM's
+    MMU notifier."""
+    if not 1 <= nr_vmm <= MAX_VMM_ACTORS:
+        raise InvalidArgument(f"nr_vmm {nr_vmm}: expected 1..{MAX_VMM_ACTORS}")
     geo = config.geometry
     sched = Scheduler()
     pages = PageAllocator()
@@ -140,7 +147,7 @@ def build_vm(config: VmConfig) -> Vm:
         vm.vcpus.append(Vcpu(vm, i, sched.add_actor(f"vcpu{i}", "vcpu")))
     for i in range(NR_MM_ACTORS):
         sched.add_actor(f"mm{i}", "mm")
-    for i in range(NR_VMM_ACTORS):
+    for i in range(nr_vmm):
         sched.add_actor(f"vmm{i}", "vmm")
     mm.mmap(HvaRange(HVA_BASE, HVA_BASE + geo.max_gfn))
     mm.notifiers.append(KvmMmuNotifier(vm))
@@ -176,11 +183,11 @@ class Driver:
     """
 
     def __init__(self, config: VmConfig, slots: tuple[SlotSpec, ...] = (),
-                 check: bool = True) -> None:
+                 check: bool = True, nr_vmm: int = NR_VMM_ACTORS) -> None:
         from kvmfuzz.invariants import check_quiescent, check_step
         self.config = config
         self.slots = slots
-        self.vm = build_vm(config)
+        self.vm = build_vm(config, nr_vmm)
         self.steps: list[Step] = []
         self.results: list[tuple[str, str, Any]] = []
         self.check = check

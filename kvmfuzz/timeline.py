@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from kvmfuzz.corpus import Schedule, replay
-from kvmfuzz.driver import Driver, Step
+from kvmfuzz.driver import Step
 from kvmfuzz.errors import ProtocolViolation
 from kvmfuzz.units import INVALID_GPA
 from kvmfuzz.virt.kvm import Vm
@@ -104,7 +104,7 @@ def build(schedule: Schedule, bug: str | None, *, file: str = "<schedule>") -> T
     d = result.driver
     ran: tuple[Step, ...] = (d.failed_steps if d.failure is not None and d.failure is result.violation
                              else tuple(d.steps))
-    fresh = Driver(attrs.evolve(schedule.config, bug=bug), schedule.slots)
+    fresh = schedule.driver(bug)
     state = _snapshot(fresh.vm)
     rows: list[Row] = []
     recorded = len(schedule.steps) if result.strict else 0
