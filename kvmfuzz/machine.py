@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from kvmfuzz.config import VmConfig
-from kvmfuzz.driver import Driver, SlotSpec
+from kvmfuzz.driver import MAX_VMM_ACTORS, NR_VMM_ACTORS, Driver, SlotSpec
 from kvmfuzz.points import Point
 from kvmfuzz.strategies import draw_near, memslot_layouts, vm_configs
-from kvmfuzz.virt.kvm import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from kvmfuzz.virt.kvm import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
 
 
 @attrs.define
@@ -82,6 +82,8 @@ class KvmMachine(RuleBasedStateMachine):
     stats: Stats | None = None
     observe_steps: Any = None  # Driver.observe for every example (staticmethod; coverage)
     weaving: bool = False  # WeavingMachine: coverage-driven set-ups (the ``weave`` rule)
+    nr_vmm_actors: int = NR_VMM_ACTORS  # VMM threads of the VM (the WeavingMachine runs more)
+    swarm: bool = True  # switch off a drawn subset of the operation families per example
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,9 +97,9 @@ class KvmMachine(RuleBasedStateMachine):
     def init_vm(self, data: st.DataObject) -> None:
         config: VmConfig = data.draw(vm_configs(self.bug, self.private_mem), label="config")
         layout: tuple[SlotSpec, ...] = data.draw(memslot_layouts(config.private_mem), label="slots")
-        self.driver = Driver(config, layout)
+        self.driver = Driver(config, layout, nr_vmm=self.nr_vmm_actors)
         self.driver.observe = self.observe_steps or self.driver.observe
-        if self.plain:
+        if self.plain or not self.swarm:
             self.families, self.host_ops = frozenset(FAMILIES), HOST_OPS
         else:
             # Swarm testing: each example switches off a drawn subset of the operation families
@@ -977,11 +979,33 @@ class KvmMachine(RuleBasedStateMachine):
                             initially_set=data.draw(st.booleans(), label="initially_set"))
         return actor
 
+    # The kinds that run on a VMM thread, and those of them that begin by taking slots_lock
+    # (kvm_set_memory_region(), kvm_vm_set_mem_attributes(), the dirty-log ioctls).
+    _VMM_KINDS = ("memslot", "attributes", "dirty_log", "punch_hole", "zap_gfn_range")
+    _SLOTS_LOCK_KINDS = ("memslot", "attributes", "dirty_log")
+
+    def _would_block(self, kind: str) -> bool:
+        """Would an operation of VMM ``kind`` block at once on a lock a stopped operation holds
+        (slots_lock; a guest_memfd's invalidate_lock for a hole punch; mmu_lock for
+        kvm_zap_gfn_range())? It then keeps its VMM thread while that operation stays stopped."""
+        vm = self.d.vm
+        if kind in self._SLOTS_LOCK_KINDS:
+            return vm.slots_lock.owner is not None
+        if kind == "punch_hole":
+            return any(f.invalidate_lock.owner is not None for f in vm.gmem_files)
+        if kind == "zap_gfn_range":
+            return vm.mmu_lock.writer is not None or bool(vm.mmu_lock.readers)
+        return False
+
     def _interpose(self, data: st.DataObject, gfn: int, done: set[str] | None = None) -> str | None:
         """Start an operation of a drawn kind (not in ``done``, to which it is added) near
         ``gfn`` and run it until it ends, blocks or (drawn) stops at a race window: what ran
-        while the stopped operations waited."""
+        while the stopped operations waited. In a series (``done`` given), a VMM kind that would
+        block on a stopped operation's lock comes only after those that would not: a blocked
+        one keeps its VMM thread, and the VMM threads are few."""
         kinds = [k for k in self._interpose_kinds() if done is None or k not in done]
+        if done is not None and any(k in self._VMM_KINDS and not self._would_block(k) for k in kinds):
+            kinds = [k for k in kinds if k not in self._VMM_KINDS or not self._would_block(k)]
         if not kinds:
             return None
         kind = data.draw(st.sampled_from(kinds), label="kind")
@@ -992,6 +1016,16 @@ class KvmMachine(RuleBasedStateMachine):
             to_window = data.draw(st.booleans(), label="to_window")
             self._run_to(actor, WINDOW_POINTS if to_window else frozenset())
         return actor
+
+    def _interpose_each(self, data: st.DataObject, victim: str, gfn: int) -> bool:
+        """While ``victim`` stays stopped, run an operation of each kind that can start, one
+        after the other in drawn order (``_interpose``): a stop at a rare point is rare, so it
+        meets every kind at once. Is ``victim`` still stopped?"""
+        done: set[str] = set()  # each kind at most once
+        busy = self.d.vm.sched.actor(victim).busy
+        while busy and self._interpose(data, gfn, done) is not None:
+            busy = self.d.vm.sched.actor(victim).busy
+        return busy
 
     def _maybe_interpose(self, data: st.DataObject, gfn: int) -> None:
         """Run up to three operations (drawn kinds) one after the other while a set-up rule's
@@ -1016,6 +1050,14 @@ class KvmMachine(RuleBasedStateMachine):
              ("frozen_table", "fault@TDP_MAP_STEP_DOWN over a table a huge mapping freezes"),
              ("writer_yield", "attributes / punch_hole / zap_gfn_range@TDP_MMU_YIELD"),
              ("before_flush", "dirty_log@DIRTY_LOG_BEFORE_FLUSH / @CLEAR_DIRTY_LOG_BEFORE_FLUSH"))
+    # The recipes of the dirty-logging walks over huge pages: they need THP or eager split, most
+    # of them both (a quarter of the configurations), so that among all the recipes they would
+    # be drawn rarely; they get a rule of their own too (``weave_stop_at_huge``).
+    HUGE_STOPS = ("recover_huge", "enable_split", "enable_wrprot", "enable_yield", "clear_split",
+                  "clear_yield")
+
+    def _huge_stops(self) -> list[str]:
+        return [r for r in self._stops() if r in self.HUGE_STOPS]
 
     def _stops(self) -> list[str]:
         """The ``STOPS`` recipes that can start now (a cheap test: the recipe may still find
@@ -1039,8 +1081,8 @@ class KvmMachine(RuleBasedStateMachine):
                 out.append("recover_huge")
                 if vm.config.eager_split and not vm.config.initially_set:
                     out += ["enable_split", "enable_yield"]
-                if vm.config.initially_set or not (vm.config.manual_protect or any(
-                        s_.logging for s_ in plain_slots)):
+                # (CLEAR_DIRTY_LOG splits huge pages itself only with INITIALLY_SET and eager split)
+                if vm.config.eager_split and (vm.config.initially_set or not vm.config.manual_protect):
                     out += ["clear_split", "clear_yield"]
         if gmem and sum(not a.busy for a in vm.sched.actors if a.kind == "vmm") >= 2 \
                 and "punch_hole" in self.families:
@@ -1061,20 +1103,17 @@ class KvmMachine(RuleBasedStateMachine):
             out.append("writer_yield")
         return out if vmm else []
 
-    def _weave_stop_at(self, data: st.DataObject) -> None:
-        """Stop an operation at one of the rare points of ``STOPS`` (each recipe sets up what
-        that point needs), run one to six operations of distinct drawn kinds meanwhile, then
-        maybe let it go on."""
-        recipe = data.draw(st.sampled_from(self._stops()), label="stop_at")
+    def _weave_stop_at(self, data: st.DataObject, recipes: list[str]) -> None:
+        """Stop an operation at one of the rare points of ``STOPS`` (a drawn one of
+        ``recipes``; each sets up what that point needs), run an operation of each kind that
+        can start meanwhile (``_interpose_each``), then maybe let it go on."""
+        recipe = data.draw(st.sampled_from(recipes), label="stop_at")
         got = getattr(self, f"_stop_{recipe}")(data)
         if got is None:
             return
         actor, gfn = got
-        done: set[str] = set()  # each kind at most once
-        for _ in range(data.draw(st.integers(1, 6), label="interpose")):
-            if not self.d.vm.sched.actor(actor).busy:
-                return
-            self._interpose(data, gfn, done)
+        if not self._interpose_each(data, actor, gfn):
+            return
         if data.draw(st.booleans(), label="resume"):
             self._run_to(actor, frozenset())
 
@@ -1109,6 +1148,32 @@ class KvmMachine(RuleBasedStateMachine):
         self._set_logging(data, s, False)
         s = self.d.vm.memslots[0].slots.get(s.id)
         return None if s is None or s.logging else s
+
+    def _mmio_wrap_ahead(self, swaps: int) -> bool:
+        """Does one of the next ``swaps`` memslot swaps wrap the MMIO generation? Each swap
+        moves the generation by ``nr_as``; on a wrap kvm_arch_memslots_updated() ->
+        kvm_mmu_invalidate_mmio_sptes() zaps all roots (``kvm_mmu_zap_all_fast``), every mapping
+        a recipe faulted in with them (likely with a narrow ``mmio_gen_bits``)."""
+        vm = self.d.vm
+        gen = vm.memslots[0].generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
+        step = vm.config.nr_as
+        return any((gen + k * step) & vm.arch.mmio_gen_mask & ~(step - 1) == 0
+                   for k in range(1, swaps + 1))
+
+    def _past_mmio_wrap(self, data: st.DataObject, s: Any, swaps: int) -> Any:
+        """Slot ``s`` (refreshed) once none of the next ``swaps`` (1 or 2) memslot swaps wraps
+        the MMIO generation: when one would, toggle dirty logging of ``s`` twice first (two
+        swaps, run to their end), so that the wrap zaps before the recipe maps its pages, not
+        after. None when a toggle failed."""
+        if s is None or not self._mmio_wrap_ahead(swaps):
+            return s
+        for on in (not s.logging, s.logging):
+            if self._set_logging(data, s, on) is None:
+                return None
+            s = self.d.vm.memslots[0].slots.get(s.id)
+            if s is None or s.logging != on:
+                return None
+        return s
 
     def _page(self, data: st.DataObject, s: Any) -> int:
         """One of the first eight gfns of slot ``s``."""
@@ -1152,7 +1217,7 @@ class KvmMachine(RuleBasedStateMachine):
         return self._stopped_at(actor, gfn)
 
     def _stop_recover_huge(self, data: st.DataObject) -> tuple[str, int] | None:
-        s = self._framed_slot(data)
+        s = self._past_mmio_wrap(data, self._framed_slot(data), 2)  # (the disable must not zap)
         if s is None or s.readonly:
             return None
         gfn = data.draw(st.sampled_from(self._frames(s)), label="frame")
@@ -1180,7 +1245,7 @@ class KvmMachine(RuleBasedStateMachine):
         return gfn
 
     def _stop_enable_split(self, data: st.DataObject, frames: int = 1) -> tuple[str, int] | None:
-        s = self._logging_off(data, self._framed_slot(data))
+        s = self._past_mmio_wrap(data, self._logging_off(data, self._framed_slot(data)), 1)
         if s is None:
             return None
         gfn = self._map_frames(data, s, frames)
@@ -1205,7 +1270,11 @@ class KvmMachine(RuleBasedStateMachine):
     def _stop_clear_split(self, data: st.DataObject, frames: int = 1) -> tuple[str, int] | None:
         vm = self.d.vm
         if not vm.config.manual_protect:
-            if any(s_.logging for s_ in vm.memslots[0].ordered()):
+            # (the model enables manual protect only while no slot logs: stop logging first)
+            for s_ in [s_ for s_ in vm.memslots[0].ordered() if s_.logging]:
+                if self._logging_off(data, s_) is None:
+                    return None
+            if not self._idle("vmm"):
                 return None
             actor = self._actor(data, "vmm")
             self._start("enable_manual_protect", actor, initially_set=True)
@@ -1217,6 +1286,9 @@ class KvmMachine(RuleBasedStateMachine):
             return None
         gfn = self._frames(s)[0]
         if not s.logging:
+            s = self._past_mmio_wrap(data, s, 1)
+            if s is None:
+                return None
             mapped = self._map_frames(data, s, frames)
             if mapped is None:
                 return None
@@ -1252,7 +1324,8 @@ class KvmMachine(RuleBasedStateMachine):
         """``victim`` is stopped with mmu_lock dropped (TDP_SPLIT_ALLOC) and will re-take it
         for write: a fault takes it for read (TDP_MAP_STEP_DOWN), a writer queues on it, the
         victim queues too; the fault ends and the victim, with the writer still queued, walks
-        on until it yields (TDP_MMU_YIELD)."""
+        on until it yields (TDP_MMU_YIELD); the writer takes the lock and runs to its end
+        (``_writer_done``)."""
         vm = self.d.vm
         holder = self._hold_mmu_lock(data)
         if holder is None:
@@ -1272,6 +1345,14 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(victim, frozenset({"MMU_LOCK_WRITE", "TDP_MMU_YIELD"}))
         self._run_to(holder, frozenset())
         self._run_to(victim, frozenset({"TDP_MMU_YIELD"}))
+        return self._writer_done(writer, victim, gfn)
+
+    def _writer_done(self, writer: str, victim: str, gfn: int) -> tuple[str, int] | None:
+        """``victim`` yielded mmu_lock to the queued ``writer``: run the writer to its end (what
+        the kernel does next), so that its thread is free for the operations that run while
+        the victim stays stopped; (victim, gfn), or None when the victim is not stopped."""
+        if self.d.vm.sched.actor(victim).busy:
+            self._run_to(writer, frozenset())
         return self._stopped_at(victim, gfn)
 
     def _stop_clear_yield(self, data: st.DataObject) -> tuple[str, int] | None:
@@ -1431,7 +1512,7 @@ class KvmMachine(RuleBasedStateMachine):
         """A zap walk under mmu_lock (kvm_arch_pre_set_memory_attributes(), a hole punch's
         invalidation, kvm_zap_gfn_range()) over two mapped pages, started while a fault holds
         mmu_lock for read and another writer waits for it: it zaps the first page, finds the
-        lock contended and yields (TDP_MMU_YIELD)."""
+        lock contended and yields (TDP_MMU_YIELD); the writer runs to its end (``_writer_done``)."""
         vm = self.d.vm
         kinds = [k for k in ("attributes", "punch_hole", "zap_gfn_range") if k in self.families
                  and (k == "zap_gfn_range" or vm.config.private_mem)]
@@ -1481,7 +1562,7 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(victim, frozenset({"MMU_LOCK_WRITE", "TDP_MMU_YIELD"}))
         self._run_to(holder, frozenset())
         self._run_to(victim, frozenset({"TDP_MMU_YIELD"}))
-        return self._stopped_at(victim, first)
+        return self._writer_done(writer, victim, first)
 
     def _maybe_manual_protect(self, data: st.DataObject) -> None:
         """Maybe (drawn) KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, maybe with INITIALLY_SET, run to its
@@ -1615,8 +1696,8 @@ class KvmMachine(RuleBasedStateMachine):
         attribute change, hole punch, GET/CLEAR_DIRTY_LOG, kvm_zap_gfn_range) run until they
         block at MMU_LOCK_WRITE; the victim -- the first writer, or an operation already stopped
         (a zap, split or recovery walk that will re-take the lock) -- runs until it blocks too;
-        the fault ends; the victim runs to its yield; another operation maybe runs meanwhile;
-        then the victim maybe resumes."""
+        the fault ends; the victim runs to its yield; an operation of each kind that can start
+        runs meanwhile (``_interpose_each``); then the victim maybe resumes."""
         vm = self.d.vm
         stopped = [a for a in self._busy_actors() if vm.sched.is_runnable(vm.sched.actor(a))]
         gfn = data.draw(st.sampled_from(self._unmapped_slot_gfns()), label="gfn")
@@ -1652,9 +1733,8 @@ class KvmMachine(RuleBasedStateMachine):
         self._run_to(victim, frozenset({"TDP_MMU_YIELD", "TDP_SPLIT_ALLOC"}))
         if not vm.sched.actor(victim).busy:
             return
-        done: set[str] = set()  # each kind at most once
-        for _ in range(data.draw(st.integers(1, 6), label="interpose")):
-            self._interpose(data, self._actor_gfn(victim) or gfn, done)
+        if not self._interpose_each(data, victim, self._actor_gfn(victim) or gfn):
+            return
         if data.draw(st.booleans(), label="resume"):
             self._run_to(victim, frozenset())
 
@@ -1757,7 +1837,7 @@ class KvmMachine(RuleBasedStateMachine):
         with ``to_window``, until it stops at a race-window point (``WINDOW_POINTS``).
 
         ``pick`` 0: the actor that ran last keeps running (no context switch); ``pick`` k: the
-        k-th actor in stable order (vcpu0.., mm0, mm1, vmm0, vmm1), or the next runnable one
+        k-th actor in stable order (vcpu0.., mm0, mm1, vmm0, vmm1[, vmm2]), or the next runnable one
         after it. Naming actors by position in the fixed list keeps a step's meaning when
         Hypothesis deletes other steps while shrinking.
         """
@@ -1814,9 +1894,15 @@ class WeavingMachine(KvmMachine):
     interleavings the coverage universe asks for. Campaigns alternate rounds of the two
     (``kvmfuzz.campaign``): weaving reaches more (point, kind) pairs, but dilutes the race
     rules and gives compound schedules that shrink less well, so it is not the hunting
-    machine the planted-bug tests and the benchmark measure."""
+    machine the planted-bug tests and the benchmark measure. Its VM has a third VMM thread
+    (``vmm2``), and every operation family is on in every example (no swarm)."""
 
     weaving = True
+    # a third VMM thread: an operation stopped on one holds slots_lock, another waits for it,
+    # and an operation of a third VMM kind can still run meanwhile
+    nr_vmm_actors = MAX_VMM_ACTORS
+    # every family in every example: a switched-off family is a kind no interposition can run
+    swarm = False
 
     # one rule per set-up, so that together they get a fair share of the rule picks
     @precondition(lambda self: bool(self._busy_actors()) and bool(self._interpose_kinds()))
@@ -1841,7 +1927,13 @@ class WeavingMachine(KvmMachine):
     @rule(data=st.data())
     def weave_stop_at(self, data: st.DataObject) -> None:
         """An operation stopped at a rare point, others run meanwhile (``_weave_stop_at``)."""
-        self._weave_stop_at(data)
+        self._weave_stop_at(data, self._stops())
+
+    @precondition(lambda self: bool(self._huge_stops()))
+    @rule(data=st.data())
+    def weave_stop_at_huge(self, data: st.DataObject) -> None:
+        """The same, at a point of a dirty-logging walk over huge pages (``HUGE_STOPS``)."""
+        self._weave_stop_at(data, self._huge_stops())
 
 
 def make_machine(bug: str | None = None, *, plain: bool = False, stats: Stats | None = None,

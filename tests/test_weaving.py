@@ -12,8 +12,10 @@ from hypothesis.stateful import run_state_machine_as_test
 
 import kvmfuzz.machine as machine_mod
 from kvmfuzz.config import VmConfig
+from kvmfuzz.corpus import Schedule, loads, replay
 from kvmfuzz.coverage import CoverageCollector
 from kvmfuzz.driver import Driver, SlotSpec
+from kvmfuzz.errors import InvalidSchedule
 from kvmfuzz.machine import FAMILIES, HOST_OPS, KvmMachine, WeavingMachine, make_machine
 from kvmfuzz.virt.kvm import KVM_MEM_GUEST_MEMFD
 
@@ -38,9 +40,13 @@ def _collect(weaving: bool, examples: int = 150) -> CoverageCollector:
 
 def test_the_hunting_machine_has_no_weave_rule() -> None:
     assert not any(n.startswith("weave") for n in dir(KvmMachine))
-    assert hasattr(WeavingMachine, "weave_stop_at")
+    assert hasattr(WeavingMachine, "weave_stop_at") and hasattr(WeavingMachine, "weave_stop_at_huge")
     assert make_machine("skip_is_page_fault_stale").weaving is False
     assert issubclass(make_machine(None, weaving=True), WeavingMachine)
+    # the hunting machine draws what it always drew: two VMM threads, swarm testing
+    hunting = make_machine("skip_is_page_fault_stale")
+    assert (hunting.nr_vmm_actors, hunting.swarm) == (2, True)
+    assert (WeavingMachine.nr_vmm_actors, WeavingMachine.swarm) == (3, False)
 
 
 def test_weaving_reaches_contended_yields_and_more_pairs() -> None:
@@ -67,7 +73,7 @@ class _SimplestData:
 
 def _machine(config: VmConfig, slots: tuple[SlotSpec, ...] = (SLOT0, SLOT1)) -> Any:
     m = make_machine(None, weaving=True)()
-    m.driver = Driver(config, slots)
+    m.driver = Driver(config, slots, nr_vmm=m.nr_vmm_actors)
     m.families, m.host_ops = frozenset(FAMILIES), HOST_OPS
     return m
 
@@ -112,3 +118,73 @@ def test_fast_pf_retries_gives_up_and_frozen_table_retries() -> None:
     victim, _ = m._stop_frozen_table(_SimplestData({}))
     m._account(m.d.run_actor(victim).reached)
     assert "fault.retry.frozen_spte" in m.seen_events, sorted(m.seen_events)
+
+
+def test_clear_dirty_log_splits_only_with_eager_split() -> None:
+    """KVM_CLEAR_DIRTY_LOG splits huge pages itself only with INITIALLY_SET and eager split."""
+    assert "clear_split" not in _machine(VmConfig(thp=True, eager_split=False))._stops()
+    m = _machine(VmConfig(thp=True))
+    m._set_logging(_SimplestData({}), m.d.vm.memslots[0].slots[1], True)
+    assert "clear_split" in m._stops()  # (the recipe turns logging off before manual protect)
+    assert m._stop_clear_split(_SimplestData({})) is not None
+
+
+@pytest.mark.parametrize(("recipe", "point", "swap"), [("enable_split", "TDP_SPLIT_ALLOC", 1),
+                                                       ("clear_split", "TDP_SPLIT_ALLOC", 1),
+                                                       ("recover_huge", "TDP_RECOVER_HUGE", 2)])
+def test_stop_recipe_gets_past_an_mmio_generation_wrap(recipe: str, point: str, swap: int) -> None:
+    """With a narrow MMIO generation, a memslot update that wraps it zaps every root: the
+    recipes spend the wrap before they map their huge pages, not after (the ``swap``-th
+    memslot update from here would wrap: the one that enables logging, or for recovery the one
+    that disables it)."""
+    m = _machine(VmConfig(thp=True, mmio_gen_bits=2))
+    data = _SimplestData({})
+    for _ in range(4):  # create or delete a scratch slot (1 or 2 swaps) until that one wraps
+        if m._mmio_wrap_ahead(swap) and not m._mmio_wrap_ahead(swap - 1):
+            break
+        there = 2 in m.d.vm.memslots[0].slots
+        m._start("memslot", "vmm0", slot=2, as_id=0, flags=0, gfn=64, npages=0 if there else 1,
+                 hva=64, gmem_offset=-1)
+        m._run_to("vmm0", frozenset())
+    assert m._mmio_wrap_ahead(swap) and not m._mmio_wrap_ahead(swap - 1)
+    m.seen_events.clear()
+    got = getattr(m, f"_stop_{recipe}")(data)
+    assert got is not None, f"{recipe} did not get there"
+    actor = m.d.vm.sched.actor(got[0])
+    assert actor.pending is not None and actor.pending.point.name == point, actor.where()
+    assert "mmio_gen.wrap" in m.seen_events  # (it did wrap, before the pages were mapped)
+
+
+def test_interpositions_that_would_block_come_last() -> None:
+    """A VMM kind that would block on the slots_lock a stopped operation holds keeps its VMM
+    thread: a series runs the VMM kinds that would not block first."""
+    m = _machine(VmConfig(private_mem=True, nr_vcpus=1), (GMEM0, SLOT1))
+    got = m._stop_before_flush(_SimplestData({"manual": False}))
+    assert got is not None and m.d.vm.slots_lock.owner is not None
+    assert m._interpose_each(_SimplestData({}), *got)
+    started = [st_.op for st_ in m.d.steps if st_.do == "start" and st_.actor != got[0]]
+    vmm = [op for op in started if op in ("memslot", "set_attributes", "get_dirty_log",
+                                          "clear_dirty_log", "enable_manual_protect",
+                                          "punch_hole", "zap_gfn_range")]
+    # a hole punch and a zap first; then the third VMM thread is taken by the first that blocks
+    assert vmm[:2] == ["punch_hole", "zap_gfn_range"] or vmm[:2] == ["zap_gfn_range", "punch_hole"], vmm
+    assert len(vmm) == 4, vmm  # ... and the fourth by the second: no VMM thread is left
+
+
+def test_a_schedule_naming_the_third_vmm_thread_replays() -> None:
+    """Corpus files name up to three VMM threads; a file that names none beyond vmm1 (every
+    file before the WeavingMachine had two) replays on a VM with two."""
+    d = Driver(VmConfig(), (SLOT0,), nr_vmm=3)
+    d.start("get_dirty_log", "vmm2", slot=0)
+    while d.vm.sched.actor("vmm2").busy:
+        d.run_actor("vmm2")
+    s = Schedule("clean", VmConfig(), (SLOT0,), tuple(d.steps))
+    again = loads(s.dumps())
+    assert again.nr_vmm == 3 and again.actors[-1] == "vmm2"
+    r = replay(again, None)
+    assert r.violation is None and r.diverged_at is None
+    assert [a.name for a in r.driver.vm.sched.actors][-1] == "vmm2"
+    two = Schedule("clean", VmConfig(), (SLOT0,), ())
+    assert two.nr_vmm == 2 and two.driver(None).vm.sched.actors[-1].name == "vmm1"
+    with pytest.raises(InvalidSchedule, match="unknown actor"):
+        loads(s.dumps().replace('"vmm2"', '"vmm3"'))
