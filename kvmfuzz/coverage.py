@@ -179,7 +179,8 @@ IMPOSSIBLE_POINTS: dict[Point, str] = {
 
 # Pair-specific impossibilities beyond those of their site: (kind, point, running kind) -> why.
 # None are known: any idle actor of the running kind can start an operation and take a step
-# (perhaps only to block) while another is stopped anywhere, with 2 mm, 2 vmm and up to 3 vCPUs.
+# (perhaps only to block) while another is stopped anywhere, with 2 mm, 2 vmm (3 in the
+# WeavingMachine's VM) and up to 3 vCPUs.
 IMPOSSIBLE_PAIRS: dict[tuple[str, Point, str], str] = {}
 
 _L3 = ("no 1G leaf exists: the host maps at most PMD-sized THPs (host_pfn_mapping_level() <= 2) "
