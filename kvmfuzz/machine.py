@@ -1049,12 +1049,14 @@ class KvmMachine(RuleBasedStateMachine):
              ("fast_pf_retries", "fault@FAST_PF_CMPXCHG, lost again and again (fast_pf.gave_up)"),
              ("frozen_table", "fault@TDP_MAP_STEP_DOWN over a table a huge mapping freezes"),
              ("writer_yield", "attributes / punch_hole / zap_gfn_range@TDP_MMU_YIELD"),
-             ("before_flush", "dirty_log@DIRTY_LOG_BEFORE_FLUSH / @CLEAR_DIRTY_LOG_BEFORE_FLUSH"))
+             ("before_flush", "dirty_log@DIRTY_LOG_BEFORE_FLUSH / @CLEAR_DIRTY_LOG_BEFORE_FLUSH"),
+             ("to_shared_huge", "attributes@ATTR_STORE of a conversion to shared that zapped a "
+              "huge shared leaf (attr.to_shared.huge)"))
     # The recipes of the dirty-logging walks over huge pages: they need THP or eager split, most
     # of them both (a quarter of the configurations), so that among all the recipes they would
     # be drawn rarely; they get a rule of their own too (``weave_stop_at_huge``).
     HUGE_STOPS = ("recover_huge", "enable_split", "enable_wrprot", "enable_yield", "clear_split",
-                  "clear_yield")
+                  "clear_yield", "to_shared_huge")
 
     def _huge_stops(self) -> list[str]:
         return [r for r in self._stops() if r in self.HUGE_STOPS]
@@ -1096,6 +1098,9 @@ class KvmMachine(RuleBasedStateMachine):
             out.append("memslot_lock")
         if dirty and vcpu and mm and any(not s_.readonly for s_ in plain_slots):
             out.append("fast_pf_retries")
+        if gmem and vcpu and vm.config.thp and self._idle("vmm", "attributes") \
+                and bool(self._shared_frames()):
+            out.append("to_shared_huge")
         if vcpu and vm.config.thp and self._idle("vmm", "memslot") and len(vm.memslots[0].slots) < 4:
             out.append("frozen_table")
         if vcpu and vm.memslots[0].slots and bool(self._unmapped_slot_gfns()) and (
@@ -1458,7 +1463,10 @@ class KvmMachine(RuleBasedStateMachine):
         vcpu = self._actor(data, "vcpu")
         self._start("access", vcpu, gfn=gfn, write=True, private=False, exec=False)
         self._run_to(vcpu, frozenset({"FAST_PF_CMPXCHG"}))
-        for i in range(data.draw(st.integers(1, 5), label="changes")):
+        # five changes make it give up (fast_pf.gave_up); fewer leave it retrying
+        changes = 5 if data.draw(st.booleans(), label="until_it_gives_up") \
+            else data.draw(st.integers(1, 4), label="changes")
+        for i in range(changes):
             pending = vm.sched.actor(vcpu).pending
             if pending is None or pending.point.name != "FAST_PF_CMPXCHG":
                 break
@@ -1480,6 +1488,31 @@ class KvmMachine(RuleBasedStateMachine):
             # one step: the cmpxchg; lost, the loop retries and stops before the next one
             self._account(self.d.run_actor(vcpu).reached)
         return self._stopped_at(vcpu, gfn)
+
+    def _shared_frames(self) -> list[int]:
+        """The huge frames of guest_memfd slots with a page of the slot just before them."""
+        return [g for s_ in self.d.vm.memslots[0].ordered() if s_.has_gmem
+                for g in self._frames(s_) if g > s_.base_gfn]
+
+    def _stop_to_shared_huge(self, data: st.DataObject) -> tuple[str, int] | None:
+        """A conversion to shared whose range holds a huge *shared* leaf: the page before a huge
+        frame of a guest_memfd slot is made private, the frame (shared, THP-backed) is faulted
+        in huge, then the range from that page over the frame goes back to shared:
+        kvm_arch_pre_set_memory_attributes() zaps the huge leaf too. Stopped at ATTR_STORE."""
+        vm = self.d.vm
+        frame = data.draw(st.sampled_from(self._shared_frames()), label="frame")
+        private = frame - 1
+        actor = self._actor(data, "vmm")
+        self._start("set_attributes", actor, start=private, end=private + 1, private=True)
+        self._run_to(actor, frozenset())
+        if vm.sched.actor(actor).busy or not self._ensure_mapped(data, frame) \
+                or not self._idle("vmm"):
+            return None
+        actor = self._actor(data, "vmm")
+        self._start("set_attributes", actor, start=private, end=frame + vm.arch.geo.pages(2),
+                    private=False)
+        self._run_to(actor, frozenset({"ATTR_STORE"}))
+        return self._stopped_at(actor, frame)
 
     def _stop_frozen_table(self, data: st.DataObject) -> tuple[str, int] | None:
         """A fault that links page tables stops at its last TDP_MAP_STEP_DOWN; a memslot CREATE

@@ -95,6 +95,7 @@ GMEM0 = SlotSpec(0, 0, 16, 0, flags=KVM_MEM_GUEST_MEMFD, gmem_offset=0)
     ("age_spte", VmConfig(), {}, "AGE_SPTE"),
     ("before_flush", VmConfig(), {}, "DIRTY_LOG_BEFORE_FLUSH"),
     ("fast_pf_retries", VmConfig(nr_vcpus=3, ad_bits=True), {"changes": 4}, "FAST_PF_CMPXCHG"),
+    ("to_shared_huge", VmConfig(private_mem=True, thp=True), {}, "ATTR_STORE"),
     ("frozen_table", VmConfig(thp=True, nr_vcpus=2), {}, "TDP_MAP_STEP_DOWN"),
     ("writer_yield", VmConfig(private_mem=True, nr_vcpus=2), {"writer": "attributes"}, "TDP_MMU_YIELD"),
     ("writer_yield", VmConfig(private_mem=True, nr_vcpus=2), {"writer": "punch_hole"}, "TDP_MMU_YIELD"),
@@ -102,7 +103,8 @@ GMEM0 = SlotSpec(0, 0, 16, 0, flags=KVM_MEM_GUEST_MEMFD, gmem_offset=0)
 ])
 def test_stop_recipe_stops_where_it_says(recipe: str, config: VmConfig, over: dict[str, Any],
                                          point: str) -> None:
-    m = _machine(config, (GMEM0, SLOT1) if over.get("writer") == "punch_hole" else (SLOT0, SLOT1))
+    gmem = over.get("writer") == "punch_hole" or recipe == "to_shared_huge"
+    m = _machine(config, (GMEM0, SLOT1) if gmem else (SLOT0, SLOT1))
     assert recipe in m._stops()
     got = getattr(m, f"_stop_{recipe}")(_SimplestData(over))
     assert got is not None, f"{recipe} did not get there"
@@ -112,7 +114,7 @@ def test_stop_recipe_stops_where_it_says(recipe: str, config: VmConfig, over: di
 
 def test_fast_pf_retries_gives_up_and_frozen_table_retries() -> None:
     m = _machine(VmConfig(nr_vcpus=3, ad_bits=True))
-    victim, _ = m._stop_fast_pf_retries(_SimplestData({"changes": 5}))
+    victim, _ = m._stop_fast_pf_retries(_SimplestData({"until_it_gives_up": True}))
     assert "fast_pf.gave_up" in m.seen_events, sorted(m.seen_events)
     m = _machine(VmConfig(thp=True, nr_vcpus=2))
     victim, _ = m._stop_frozen_table(_SimplestData({}))
@@ -188,3 +190,12 @@ def test_a_schedule_naming_the_third_vmm_thread_replays() -> None:
     assert two.nr_vmm == 2 and two.driver(None).vm.sched.actors[-1].name == "vmm1"
     with pytest.raises(InvalidSchedule, match="unknown actor"):
         loads(s.dumps().replace('"vmm2"', '"vmm3"'))
+
+
+def test_a_conversion_to_shared_zaps_a_huge_shared_leaf() -> None:
+    """attr.to_shared.huge: the to_shared_huge recipe's conversion zapped a 2M leaf."""
+    m = _machine(VmConfig(private_mem=True, thp=True), (GMEM0, SLOT1))
+    victim, frame = m._stop_to_shared_huge(_SimplestData({}))
+    assert "spte.zap.L2" in m.seen_events, sorted(m.seen_events)
+    m._run_to(victim, frozenset())
+    assert "attr.to_shared.slot" in m.seen_events and frame - 1 not in m.d.vm.mem_attr_array
