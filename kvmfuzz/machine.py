@@ -1818,6 +1818,10 @@ class KvmMachine(RuleBasedStateMachine):
                 return
             framed = [created]
         s = data.draw(st.sampled_from(framed or pool), label="slot")
+        if not s.logging:  # (an enable that wraps the MMIO generation would zap the huge page)
+            s = self._past_mmio_wrap(data, s, 1)
+            if s is None:
+                return
         # a page of one of its huge frames mapped (huge where THP backs it and logging is off)
         frames = self._frames(s) or [s.base_gfn]
         if data.draw(st.booleans(), label="fault_in") and not self._ensure_mapped(
