@@ -1050,13 +1050,15 @@ class KvmMachine(RuleBasedStateMachine):
              ("frozen_table", "fault@TDP_MAP_STEP_DOWN over a table a huge mapping freezes"),
              ("writer_yield", "attributes / punch_hole / zap_gfn_range@TDP_MMU_YIELD"),
              ("before_flush", "dirty_log@DIRTY_LOG_BEFORE_FLUSH / @CLEAR_DIRTY_LOG_BEFORE_FLUSH"),
+             ("clear_wrprot", "dirty_log@CLEAR_DIRTY_LOG_BEFORE_FLUSH after an INITIALLY_SET CLEAR "
+              "write-protected a huge leaf (spte.wrprot_huge)"),
              ("to_shared_huge", "attributes@ATTR_STORE of a conversion to shared that zapped a "
               "huge shared leaf (attr.to_shared.huge)"))
     # The recipes of the dirty-logging walks over huge pages: they need THP or eager split, most
     # of them both (a quarter of the configurations), so that among all the recipes they would
     # be drawn rarely; they get a rule of their own too (``weave_stop_at_huge``).
     HUGE_STOPS = ("recover_huge", "enable_split", "enable_wrprot", "enable_yield", "clear_split",
-                  "clear_yield", "to_shared_huge")
+                  "clear_yield", "clear_wrprot", "to_shared_huge")
 
     def _huge_stops(self) -> list[str]:
         return [r for r in self._stops() if r in self.HUGE_STOPS]
@@ -1086,6 +1088,10 @@ class KvmMachine(RuleBasedStateMachine):
                 # (CLEAR_DIRTY_LOG splits huge pages itself only with INITIALLY_SET and eager split)
                 if vm.config.eager_split and (vm.config.initially_set or not vm.config.manual_protect):
                     out += ["clear_split", "clear_yield"]
+                # (without eager split, it write-protects the huge leaves at the range's ends)
+                if not vm.config.eager_split and (vm.config.initially_set
+                                                  or not vm.config.manual_protect):
+                    out.append("clear_wrprot")
         if gmem and sum(not a.busy for a in vm.sched.actors if a.kind == "vmm") >= 2 \
                 and "punch_hole" in self.families:
             out.append("gmem_lock")
@@ -1272,7 +1278,11 @@ class KvmMachine(RuleBasedStateMachine):
         actor = self._set_logging(data, s, True, "DIRTY_LOG_ENABLE_WRPROT")
         return None if actor is None else self._stopped_at(actor, gfn)
 
-    def _stop_clear_split(self, data: st.DataObject, frames: int = 1) -> tuple[str, int] | None:
+    def _stop_clear_split(self, data: st.DataObject, frames: int = 1,
+                          stop: str = "TDP_SPLIT_ALLOC") -> tuple[str, int] | None:
+        """KVM_CLEAR_DIRTY_LOG with INITIALLY_SET (enabled first, logging stopped for that) over
+        a logged slot whose huge frame was mapped before logging began: with eager split it
+        splits the huge leaf (stopped at ``stop``)."""
         vm = self.d.vm
         if not vm.config.manual_protect:
             # (the model enables manual protect only while no slot logs: stop logging first)
@@ -1307,8 +1317,14 @@ class KvmMachine(RuleBasedStateMachine):
         actor = self._actor(data, "vmm")
         self._start("clear_dirty_log", actor, slot=s.id, first=0, num=s.npages,
                     mask=(1 << min(s.npages, 64)) - 1)
-        self._run_to(actor, frozenset({"TDP_SPLIT_ALLOC"}))
+        self._run_to(actor, frozenset({stop}))
         return self._stopped_at(actor, gfn)
+
+    def _stop_clear_wrprot(self, data: st.DataObject) -> tuple[str, int] | None:
+        """``_stop_clear_split`` without eager split: kvm_arch_mmu_enable_log_dirty_pt_masked()
+        write-protects the huge leaf at the start of the cleared range itself (2M level), and
+        the CLEAR stops before its flush."""
+        return self._stop_clear_split(data, stop="CLEAR_DIRTY_LOG_BEFORE_FLUSH")
 
     def _hold_mmu_lock(self, data: st.DataObject, gfn: int | None = None) -> str | None:
         """A vCPU fault that links a table and stops at TDP_MAP_STEP_DOWN, holding mmu_lock for

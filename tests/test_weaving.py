@@ -96,6 +96,7 @@ GMEM0 = SlotSpec(0, 0, 16, 0, flags=KVM_MEM_GUEST_MEMFD, gmem_offset=0)
     ("before_flush", VmConfig(), {}, "DIRTY_LOG_BEFORE_FLUSH"),
     ("fast_pf_retries", VmConfig(nr_vcpus=3, ad_bits=True), {"changes": 4}, "FAST_PF_CMPXCHG"),
     ("to_shared_huge", VmConfig(private_mem=True, thp=True), {}, "ATTR_STORE"),
+    ("clear_wrprot", VmConfig(thp=True, eager_split=False), {}, "CLEAR_DIRTY_LOG_BEFORE_FLUSH"),
     ("frozen_table", VmConfig(thp=True, nr_vcpus=2), {}, "TDP_MAP_STEP_DOWN"),
     ("writer_yield", VmConfig(private_mem=True, nr_vcpus=2), {"writer": "attributes"}, "TDP_MMU_YIELD"),
     ("writer_yield", VmConfig(private_mem=True, nr_vcpus=2), {"writer": "punch_hole"}, "TDP_MMU_YIELD"),
@@ -199,3 +200,12 @@ def test_a_conversion_to_shared_zaps_a_huge_shared_leaf() -> None:
     assert "spte.zap.L2" in m.seen_events, sorted(m.seen_events)
     m._run_to(victim, frozenset())
     assert "attr.to_shared.slot" in m.seen_events and frame - 1 not in m.d.vm.mem_attr_array
+
+
+def test_an_initially_set_clear_write_protects_a_huge_leaf() -> None:
+    """spte.wrprot_huge: without eager split, an INITIALLY_SET CLEAR write-protects the huge
+    leaf at the start of its range (kvm_mmu_slot_gfn_write_protect() at 2M)."""
+    m = _machine(VmConfig(thp=True, eager_split=False))
+    assert "clear_split" not in m._stops() and "clear_wrprot" in m._stops()
+    assert m._stop_clear_wrprot(_SimplestData({})) is not None
+    assert "spte.wrprot_huge" in m.seen_events, sorted(m.seen_events)
