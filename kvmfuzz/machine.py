@@ -1065,7 +1065,15 @@ class KvmMachine(RuleBasedStateMachine):
 
     def _stops(self) -> list[str]:
         """The ``STOPS`` recipes that can start now (a cheap test: the recipe may still find
-        it cannot get there, and then stops early)."""
+        it cannot get there, and then stops early); cached per schedule position, as
+        ``_unmapped_slot_gfns``: two preconditions and the rule ask for it."""
+        key = len(self.d.steps)
+        cached = getattr(self, "_stops_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._stops_cache = (key, tuple(self._stops_now()))
+        return list(cached[1])
+
+    def _stops_now(self) -> list[str]:
         vm = self.d.vm
         vcpu, mm, vmm = self._idle("vcpu"), self._idle("mm", "host"), self._idle("vmm")
         plain_slots = [s_ for s_ in vm.memslots[0].ordered() if not s_.has_gmem]
