@@ -15,7 +15,7 @@ from kvmfuzz.virt.dirty import dirty_bit
 from kvmfuzz.virt.kvm import Vm
 from kvmfuzz.x86 import spte as S
 
-from .walk import Leaf, TableWalk, active_slot, entries, live_roots, usable_tlb_entries
+from .walk import Leaf, TableWalk, active_slot, live_roots, usable_tlb_entries
 
 
 class SpteFormat(ProtocolViolation):
@@ -51,13 +51,15 @@ def _reserved(m: S.SpteMasks, geo: object, spte: int, level: int) -> str | None:
 
 def check_spte_format(vm: Vm, walk: TableWalk | None = None) -> None:
     m, geo = vm.arch.masks, vm.arch.geo
+    walk = walk if walk is not None else TableWalk(vm)
     seen: set[int] = set()
     for root in live_roots(vm):
         if root.parent is not None or not root.root:
             raise SpteFormat(f"{root.describe()} on the root list is not a root")
-        for sp, idx, gfn, spte in (walk.of(root) if walk is not None else entries(vm, root)):
+        for sp in walk.tables(root):
             if sp.freed:
                 raise SpteFormat(f"{sp.describe()} is reachable but was freed")
+        for sp, idx, gfn, spte in walk.set_entries(root):
             if S.is_frozen_spte(spte):
                 raise SpteFormat(f"FROZEN SPTE reachable at gfn {gfn:#x} in {sp.describe()}")
             if not S.is_shadow_present_pte(spte):

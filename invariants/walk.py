@@ -34,23 +34,29 @@ def live_roots(vm: Vm) -> list[KvmMmuPage]:
 Entry = tuple[KvmMmuPage, int, int, int]  # (table, index, gfn, spte)
 
 
-def _collect(vm: Vm, sp: KvmMmuPage, out: list[Entry]) -> None:
-    """Append every (table, index, gfn, spte) reachable from ``sp`` to ``out``, pre-order,
-    following a present non-leaf only into the live table of the next level it points at."""
+def _collect(vm: Vm, sp: KvmMmuPage, out: list[Entry], tables: list[KvmMmuPage] | None = None,
+             all_entries: bool = True) -> None:
+    """Append the (table, index, gfn, spte) reachable from ``sp`` to ``out``, pre-order,
+    following a present non-leaf only into the live table of the next level it points at:
+    every entry, or (``all_entries`` false) those that are not SHADOW_NONPRESENT_VALUE; and
+    each table reached to ``tables``."""
+    if tables is not None:
+        tables.append(sp)
     level = sp.level
     span = vm.arch.geo.pages(level)
     by_pfn = vm.arch.sp_by_pfn
     gfn = sp.gfn
     leaf_level = level == S.PG_LEVEL_4K
     for idx, spte in enumerate(sp.spt):
-        out.append((sp, idx, gfn, spte))
+        if all_entries or spte != S.SHADOW_NONPRESENT_VALUE:
+            out.append((sp, idx, gfn, spte))
         gfn += span
         # is_shadow_present_pte() and not is_last_spte(), inlined: this runs for every entry
         # of every table after every step
         if spte & S.SPTE_MMU_PRESENT_MASK and not leaf_level and not spte & S.PT_PAGE_SIZE_MASK:
             child = by_pfn.get(S.spte_to_pfn(spte))
             if child is not None and child.level == level - 1:
-                _collect(vm, child, out)
+                _collect(vm, child, out, tables, all_entries)
 
 
 def entries(vm: Vm, sp: KvmMmuPage) -> list[Entry]:
@@ -63,30 +69,34 @@ def entries(vm: Vm, sp: KvmMmuPage) -> list[Entry]:
 
 class TableWalk:
     """The paging structure below every root on the root list, walked once per step and shared
-    by the checks that read it (``check_step``): ``of(root)`` is ``entries(vm, root)``, and
-    ``leaves`` the present leaves of the live roots (``present_leaves``). Valid only for the
-    state it was taken from; nothing keeps it across steps."""
+    by the checks that read it (``check_step``; a check called alone takes its own). Per root:
+    ``tables(root)``, the tables reached, and ``set_entries(root)``, the entries of
+    ``entries(vm, root)`` that are not SHADOW_NONPRESENT_VALUE (most are; they pass every
+    check); ``leaves``: the present leaves of the live roots (``present_leaves``). Valid only
+    for the state it was taken from; nothing keeps it across steps."""
 
     def __init__(self, vm: Vm) -> None:
-        self._by_root = {root.id: entries(vm, root) for root in vm.arch.roots}
-        self.leaves = _leaves(vm, self)
+        self._set: dict[int, list[Entry]] = {}
+        self._tables: dict[int, list[KvmMmuPage]] = {}
+        for root in vm.arch.roots:
+            out: list[Entry] = []
+            tables: list[KvmMmuPage] = []
+            _collect(vm, root, out, tables, all_entries=False)
+            self._set[root.id], self._tables[root.id] = out, tables
+        self.leaves = [Leaf(root, sp, idx, sp.level, gfn, spte, sp.src.get(idx))
+                       for root in live_roots(vm) for sp, idx, gfn, spte in self._set[root.id]
+                       if S.is_shadow_present_pte(spte) and S.is_last_spte(spte, sp.level)]
 
-    def of(self, root: KvmMmuPage) -> list[Entry]:
-        return self._by_root[root.id]
+    def set_entries(self, root: KvmMmuPage) -> list[Entry]:
+        return self._set[root.id]
 
-
-def _leaves(vm: Vm, walk: TableWalk | None) -> list[Leaf]:
-    out = []
-    for root in live_roots(vm):
-        for sp, idx, gfn, spte in (walk.of(root) if walk is not None else entries(vm, root)):
-            if S.is_shadow_present_pte(spte) and S.is_last_spte(spte, sp.level):
-                out.append(Leaf(root, sp, idx, sp.level, gfn, spte, sp.src.get(idx)))
-    return out
+    def tables(self, root: KvmMmuPage) -> list[KvmMmuPage]:
+        return self._tables[root.id]
 
 
 def present_leaves(vm: Vm) -> list[Leaf]:
     """The present leaves below the live roots, in root-list and pre-order."""
-    return _leaves(vm, None)
+    return TableWalk(vm).leaves
 
 
 def usable_tlb_entries(vcpu: Vcpu) -> list[TlbEntry]:

@@ -31,7 +31,7 @@ from kvmfuzz.x86.fault import check_mmio_spte_gen
 from kvmfuzz.x86.mmu import memslots_generation
 from kvmfuzz.x86.tlb import stale_entries
 
-from .walk import Leaf, TableWalk, active_slot, entries, slot_by_serial
+from .walk import Leaf, TableWalk, active_slot, slot_by_serial
 
 
 class MmioGenerationStale(ProtocolViolation):
@@ -70,11 +70,12 @@ def check_mmio_generation(vm: Vm, walk: TableWalk | None = None) -> None:
     m = vm.arch.masks
     if not m.mmio_caching:
         return
+    walk = walk if walk is not None else TableWalk(vm)
     mask = vm.arch.mmio_gen_mask
     for root in sorted((r for r in vm.arch.roots if not r.freed and not r.role_invalid),
                        key=lambda r: r.id):
         gen = memslots_generation(vm, root.as_id)
-        for sp, idx, _gfn, spte in (walk.of(root) if walk is not None else entries(vm, root)):
+        for sp, idx, _gfn, spte in walk.set_entries(root):
             if not S.is_mmio_spte(m, spte) or not check_mmio_spte_gen(vm, spte, gen):
                 continue
             gfn = S.get_mmio_spte_gfn(m, spte)
@@ -122,6 +123,7 @@ def check_obsolete_roots(vm: Vm) -> None:
 
 def check_pt_freed_early(vm: Vm, walk: TableWalk | None = None) -> None:
     rcu = vm.arch.rcu
+    walk = walk if walk is not None else TableWalk(vm)
     for sp in rcu.freed:
         readers = rcu.readers_before(sp.removed_at)
         if readers:
@@ -138,7 +140,7 @@ def check_pt_freed_early(vm: Vm, walk: TableWalk | None = None) -> None:
             raise PageTableFreedEarly(f"{vcpu.name} still uses freed {vcpu.root.describe()} "
                                       f"(refcount {vcpu.root.root_refcount})")
     for root in vm.arch.roots:
-        for sp, idx, gfn, spte in (walk.of(root) if walk is not None else entries(vm, root)):
+        for sp, idx, gfn, spte in walk.set_entries(root):
             if S.is_shadow_present_pte(spte) and not S.is_last_spte(spte, sp.level):
                 child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
                 if child is None or child.freed:

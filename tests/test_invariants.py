@@ -1454,14 +1454,22 @@ def test_i1_without_the_huge_split_exemption_fires_on_that_schedule(
         _split_pending_huge_translation()
 
 
-def test_the_shared_walk_is_the_per_check_walk() -> None:
-    """check_step walks the paging structure once (TableWalk) and hands it to the checks; each
-    check called alone walks it itself: both must see the same entries and leaves."""
+def test_the_shared_walk_keeps_every_entry_a_check_can_object_to() -> None:
+    """check_step walks the paging structure once (TableWalk) and hands it to the checks: its
+    set entries are those of the full walk that are not SHADOW_NONPRESENT_VALUE, which no
+    check objects to (not present, not FROZEN, not MMIO), and its tables every table reached."""
     from kvmfuzz.invariants.walk import TableWalk, entries
     for build in (shared_state, dead_root_tlb_state, dirty_log_harvested_state):
         vm = build().vm
         walk = TableWalk(vm)
         assert vm.arch.roots
         for root in vm.arch.roots:
-            assert walk.of(root) == entries(vm, root)
+            full = entries(vm, root)
+            assert walk.set_entries(root) == [e for e in full if e[3] != S.SHADOW_NONPRESENT_VALUE]
+            assert walk.tables(root) == list(dict.fromkeys(sp for sp, *_ in full))
+            assert len(walk.set_entries(root)) < len(full)
         assert walk.leaves == present_leaves(vm) and walk.leaves
+    nonpresent = S.SHADOW_NONPRESENT_VALUE
+    for masks in (S.ept_masks(has_ad_bits=True), S.ept_masks(has_ad_bits=False), S.legacy_masks()):
+        assert not S.is_mmio_spte(masks, nonpresent) and not S.is_shadow_present_pte(nonpresent)
+    assert not S.is_frozen_spte(nonpresent)
