@@ -1885,6 +1885,67 @@ class KvmMachine(RuleBasedStateMachine):
         if vm.sched.actor(actor).busy:
             self._maybe_interpose(data, s.base_gfn)
 
+    # at most this many memslot updates to bring the MMIO generation round to a stamp (a narrow
+    # ``mmio_gen_bits``; with the kernel's 19 bits a wrap takes 2^19 / nr_as updates)
+    _MMIO_CYCLE_MAX = 16
+
+    def _mmio_cycle(self) -> int:
+        """Memslot updates (each moves the generation by ``nr_as``) per MMIO-generation wrap."""
+        vm = self.d.vm
+        return (vm.arch.mmio_gen_mask + 1) // vm.config.nr_as
+
+    def _mmio_cycle_possible(self) -> bool:
+        if self.driver is None or self.plain:
+            return False
+        vm = self.d.vm
+        return (vm.arch.masks.mmio_caching and self._mmio_cycle() <= self._MMIO_CYCLE_MAX
+                and self._idle("vcpu") and self._idle("vmm", "memslot")
+                and not any(a.busy for a in vm.sched.actors if a.kind == "vmm")
+                and len(vm.memslots[0].slots) < 4)
+
+    def _weave_mmio_cycle(self, data: st.DataObject) -> None:
+        """An MMIO SPTE that lives through a whole MMIO-generation cycle: a guest access to a
+        gfn no memslot covers installs an MMIO SPTE stamped with the generation; a memslot
+        CREATE then covers that gfn (the stamp no longer matches, so the next access would
+        fault the memory in); dirty-logging toggles of the new slot (one memslot update each,
+        run to their end) move the generation on until it is back at the stamp (or stop
+        short: a drawn count), which wraps it: kvm_arch_memslots_updated() must zap all
+        SPTEs there, or the stale SPTE passes check_mmio_spte() again (I15). Then maybe the
+        access again."""
+        vm = self.d.vm
+        size = vm.arch.geo.pages(2)
+        region = self._free_region(size)
+        if region is None:
+            return
+        slot, frame = region
+        gfn = frame + data.draw(st.integers(0, size - 1), label="gfn")
+        vcpu = self._actor(data, "vcpu")
+        self._start("access", vcpu, gfn=gfn, write=data.draw(st.booleans(), label="write"),
+                    private=False, exec=False)
+        self._run_to(vcpu, frozenset())
+        if vm.sched.actor(vcpu).busy:
+            return
+        vmm = self._actor(data, "vmm")
+        self._start("memslot", vmm, slot=slot, as_id=0, flags=0, gfn=frame, npages=size,
+                    hva=frame, gmem_offset=-1)
+        self._run_to(vmm, frozenset())
+        s = vm.memslots[0].slots.get(slot)
+        if s is None or vm.sched.actor(vmm).busy:
+            return
+        cycle = self._mmio_cycle()
+        updates = (cycle - 1 if not data.draw(st.booleans(), label="short")
+                   else data.draw(st.integers(1, cycle - 1), label="updates"))
+        for _ in range(updates):
+            if self._set_logging(data, s, not s.logging) is None:
+                return
+            s = vm.memslots[0].slots.get(slot)
+            if s is None or any(a.busy for a in vm.sched.actors if a.kind == "vmm"):
+                return
+        if self._idle("vcpu") and data.draw(st.booleans(), label="again"):
+            vcpu = self._actor(data, "vcpu")
+            self._start("access", vcpu, gfn=gfn, write=False, private=False, exec=False)
+            self._run_to(vcpu, frozenset())
+
     def _start(self, op: str, actor: str, **args: Any) -> None:
         self.d.start(op, actor, **args)
         if self.stats is not None:
@@ -1983,6 +2044,12 @@ class WeavingMachine(KvmMachine):
     def weave_dirty_log_cycle(self, data: st.DataObject) -> None:
         """A migration's dirty-log cycle (``_weave_dirty_log_cycle``)."""
         self._weave_dirty_log_cycle(data)
+
+    @precondition(lambda self: self._mmio_cycle_possible())
+    @rule(data=st.data())
+    def weave_mmio_cycle(self, data: st.DataObject) -> None:
+        """An MMIO SPTE through a whole MMIO-generation cycle (``_weave_mmio_cycle``)."""
+        self._weave_mmio_cycle(data)
 
     @precondition(lambda self: bool(self._stops()))
     @rule(data=st.data())

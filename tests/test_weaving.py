@@ -209,3 +209,35 @@ def test_an_initially_set_clear_write_protects_a_huge_leaf() -> None:
     assert "clear_split" not in m._stops() and "clear_wrprot" in m._stops()
     assert m._stop_clear_wrprot(_SimplestData({})) is not None
     assert "spte.wrprot_huge" in m.seen_events, sorted(m.seen_events)
+
+
+def _mmio_stale_entries(m: Any) -> list[int]:
+    """The gfns of MMIO SPTEs (live roots) that a memslot now covers."""
+    from kvmfuzz.invariants.walk import TableWalk, live_roots
+
+    from kvmfuzz.x86 import spte as S
+    vm = m.d.vm
+    walk, masks = TableWalk(vm), vm.arch.masks
+    return [S.get_mmio_spte_gfn(masks, spte) for root in live_roots(vm)
+            for _sp, _idx, _gfn, spte in walk.set_entries(root)
+            if S.is_mmio_spte(masks, spte) and vm.memslots[0].search(S.get_mmio_spte_gfn(masks, spte))]
+
+
+def test_the_mmio_cycle_brings_the_generation_back_to_the_stamp() -> None:
+    """weave_mmio_cycle: an MMIO SPTE, a slot created over its gfn, then dirty-logging toggles
+    until the generation is back at the SPTE's stamp. The correct model zaps everything at the
+    wrap (kvm_arch_memslots_updated()); with the wrap unhandled, I15 fires then."""
+    from kvmfuzz.errors import ProtocolViolation
+    config = VmConfig(mmio_gen_bits=2)
+    m = _machine(config)
+    assert m._mmio_cycle() == 4 and m._mmio_cycle_possible()
+    m._weave_mmio_cycle(_SimplestData({}))
+    assert "spte.install.mmio" in m.seen_events and "mmio_gen.wrap" in m.seen_events
+    assert not _mmio_stale_entries(m)
+    # the access, the CREATE, three toggles: four memslot updates, a whole cycle
+    assert [s.op for s in m.d.steps if s.do == "start"] == ["access"] + ["memslot"] * 4
+    buggy = _machine(VmConfig(mmio_gen_bits=2, bug="mmio_gen_wrap_not_handled"))
+    with pytest.raises(ProtocolViolation, match=r"I15|stamped at generation"):
+        buggy._weave_mmio_cycle(_SimplestData({}))
+    # with the kernel's 19-bit generation the cycle is 2^19 updates: not offered
+    assert not _machine(VmConfig())._mmio_cycle_possible()
