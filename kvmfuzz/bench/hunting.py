@@ -30,6 +30,10 @@ FORMAT = "kvmfuzz-bench/1"
 DEFAULT_STEP_COUNT = 10  # rules per generated example: the race rules set a race up in one rule, so
 # short examples find most bugs soonest, and shrink fastest (tests/planted uses the same)
 _MANY = 10**9  # max_examples when a time budget, not a count, ends the run
+# hunt(campaign=True): a campaign round's size (kvmfuzz.campaign's "dev" profile), and the
+# stride between the round seeds of two hunt seeds
+CAMPAIGN_ROUND_EXAMPLES = 50
+CAMPAIGN_SEED_STRIDE = 100_000
 
 
 # -- schedule measures ---------------------------------------------------------------------
@@ -247,36 +251,57 @@ def quiet_settings(step_count: int) -> settings:
 
 def hunt(bug: str | None, seed: int, *, plain: bool = False, seconds: float = 20.0,
          shrink_seconds: float = 60.0, step_count: int = DEFAULT_STEP_COUNT,
-         max_examples: int | None = None, weaving: bool = False) -> HuntResult:
+         max_examples: int | None = None, weaving: bool = False,
+         campaign: bool = False) -> HuntResult:
     """Run ``make_machine(bug, plain=plain, weaving=weaving)`` under ``hypothesis.seed(seed)`` until its first
     failing example, or until ``seconds`` (or ``max_examples`` examples) pass without one: not
     found. Once found, Hypothesis shrinks for up to ``shrink_seconds`` (0: not at all); the
     smallest failing example seen (by machine steps, then preemptions) is kept — when shrinking
     completes, that is Hypothesis's own final replay. ``max_examples`` makes the outcome
-    independent of the machine's speed (for derandomized tests)."""
-    base = make_machine(bug, plain=plain, weaving=weaving)
+    independent of the machine's speed (for derandomized tests).
+
+    ``campaign``: hunt as a campaign does (``kvmfuzz.campaign``): rounds of
+    ``CAMPAIGN_ROUND_EXAMPLES`` examples that alternate the hunting machine (even rounds) and
+    the weaving machine (odd rounds), round ``r`` under seed ``seed * CAMPAIGN_SEED_STRIDE +
+    r`` (seeds of different hunts never meet); the budget, the example count and the clock
+    run across rounds, and the round that finds the bug shrinks it."""
+    if campaign:
+        bases = (make_machine(bug, plain=plain), make_machine(bug, plain=plain, weaving=True))
+    else:
+        bases = (make_machine(bug, plain=plain, weaving=weaving),)
     state = _HuntState(time.monotonic(), seconds, shrink_seconds, max_examples)
+    round_settings = quiet_settings(step_count)
+    if campaign:
+        round_settings = settings(round_settings, max_examples=CAMPAIGN_ROUND_EXAMPLES)
+    rounds = 0
+    while True:
+        base = bases[rounds % len(bases)]
 
-    def teardown(self: KvmMachine) -> None:
-        pending = sys.exc_info()[1]  # what ended the example (None: it ran all its steps)
+        def teardown(self: KvmMachine, base: type[KvmMachine] = base) -> None:
+            pending = sys.exc_info()[1]  # what ended the example (None: it ran all its steps)
+            try:
+                base.teardown(self)
+            finally:
+                state.after_example(self, pending)
+
+        machine = type(base.__name__, (base,), {"teardown": teardown})
+        # on the class: get_state_machine_test copies it
+        hypothesis.seed(seed * CAMPAIGN_SEED_STRIDE + rounds if campaign else seed)(machine)
+        test = get_state_machine_test(machine, settings=round_settings)  # type: ignore[no-untyped-call]
+        rounds += 1
         try:
-            base.teardown(self)
-        finally:
-            state.after_example(self, pending)
-
-    machine = type(base.__name__, (base,), {"teardown": teardown})
-    hypothesis.seed(seed)(machine)  # on the class: get_state_machine_test copies it
-    test = get_state_machine_test(machine, settings=quiet_settings(step_count))  # type: ignore[no-untyped-call]
-    try:
-        with pinned_constants():
-            test()
-    except StopRun:
-        pass
-    except ProtocolViolation:
-        pass  # shrinking completed: the final replay was recorded by teardown
-    except Exception as exc:  # reported, not raised: one bad run must not end a bench
-        if state.best is None and state.error is None:
-            state.error = describe(exc)
+            with pinned_constants():
+                test()
+        except StopRun:
+            break
+        except ProtocolViolation:
+            break  # shrinking completed: the final replay was recorded by teardown
+        except Exception as exc:  # reported, not raised: one bad run must not end a bench
+            if state.best is None and state.error is None:
+                state.error = describe(exc)
+            break
+        if not campaign or state.found_at is not None:
+            break  # (a round ends without an exception only when it found nothing)
     end = time.monotonic()
     common: dict[str, Any] = {"bug": bug, "seed": seed, "plain": plain,
                               "examples": state.examples, "seconds": end - state.start}

@@ -152,6 +152,10 @@ def overall(report: dict[str, Any]) -> dict[str, Any]:
             "errors": {b["name"]: b["aware"]["errors"] for b in bugs if b["aware"]["errors"]}}
 
 
+_MACHINES = {"hunting": "hunting machine", "weaving": "weaving machine",
+             "campaign": "campaign rounds (50 examples each, hunting and weaving machines in turn)"}
+
+
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     o, m = report["overall"], report["machine"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, Hypothesis "
@@ -159,7 +163,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
              f"settings: budget {report['settings']['seconds']:g}s per bug and seed, "
              f"{report['settings']['seeds']} seeds, shrink up to "
              f"{report['settings']['shrink_seconds']:g}s, {report['settings']['step_count']} "
-             f"rules per example, {report['settings'].get('machine', 'hunting')} machine"
+             f"rules per example, {_MACHINES[report['settings'].get('machine', 'hunting')]}"
              + (f"; plain baseline budget {report['settings']['plain_seconds']:g}s"
                 if report["settings"].get("plain") and report["settings"].get("plain_seconds")
                 not in (None, report["settings"]["seconds"]) else ""),
@@ -210,9 +214,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="budget per bug and seed for the plain baseline (default: --seconds). "
                    "A longer one turns the ratios of bugs plain does not find in --seconds from "
                    "lower bounds into measurements")
-    p.add_argument("--weaving", action="store_true",
-                   help="hunt with the WeavingMachine (a campaign's odd rounds) instead of the "
-                   "hunting machine")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--weaving", action="store_true",
+                       help="hunt with the WeavingMachine (a campaign's odd rounds) instead of the "
+                       "hunting machine")
+    which.add_argument("--campaign", action="store_true",
+                       help="hunt as a campaign does: rounds of 50 examples alternating the "
+                       "hunting and the weaving machine (time to find for a campaign user)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--shrink-seconds", type=float, default=60.0,
                    help="how long to let Hypothesis shrink each find (default 60)")
@@ -242,15 +250,20 @@ def _bug_names(p: argparse.ArgumentParser, value: str | None) -> list[str]:
 def run_bench(bugs: Sequence[str], *, seconds: float, seeds: int, plain: bool,
               shrink_seconds: float, step_count: int, throughput_seconds: float,
               progress: Callable[[str], None], weaving: bool = False,
-              plain_seconds: float | None = None) -> dict[str, Any]:
+              plain_seconds: float | None = None, campaign: bool = False) -> dict[str, Any]:
     """The whole benchmark; returns the JSON report (``interrupted`` if Ctrl-C cut it short).
-    ``plain_seconds``: the plain baseline's budget per bug and seed (default ``seconds``)."""
+    ``plain_seconds``: the plain baseline's budget per bug and seed (default ``seconds``).
+    ``weaving`` / ``campaign``: hunt with the weaving machine / as a campaign does (rounds
+    alternating both machines); the plain baseline is one plain machine either way."""
+    if weaving and campaign:
+        raise InvalidArgument("run_bench: weaving and campaign exclude each other")
     plain_budget = seconds if plain_seconds is None else plain_seconds
     report: dict[str, Any] = {
         "format": FORMAT, "machine": machine_info(), "bugs": [], "throughput": None,
         "interrupted": False,
         "settings": {"seconds": seconds, "seeds": seeds, "plain": plain, "step_count": step_count,
-                     "plain_seconds": plain_budget, "machine": "weaving" if weaving else "hunting",
+                     "plain_seconds": plain_budget,
+                     "machine": "campaign" if campaign else "weaving" if weaving else "hunting",
                      "shrink_seconds": shrink_seconds, "throughput_seconds": throughput_seconds}}
     try:
         for name in bugs:
@@ -258,7 +271,7 @@ def run_bench(bugs: Sequence[str], *, seconds: float, seeds: int, plain: bool,
             runs = []
             for seed in range(seeds):
                 runs.append(hunt(name, seed, seconds=seconds, shrink_seconds=shrink_seconds,
-                                 step_count=step_count, weaving=weaving))
+                                 step_count=step_count, weaving=weaving, campaign=campaign))
                 progress(runs[-1].line())
             entry["aware"] = summarize(runs, seconds)
             entry["aware"]["runs"] = [r.to_json() for r in runs]
@@ -318,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run_bench(bugs, seconds=args.seconds, seeds=args.seeds, plain=not args.no_plain,
                        shrink_seconds=args.shrink_seconds, step_count=args.step_count,
                        throughput_seconds=args.throughput_seconds, progress=progress,
-                       weaving=args.weaving, plain_seconds=args.plain_seconds)
+                       weaving=args.weaving, plain_seconds=args.plain_seconds,
+                       campaign=args.campaign)
     print(format_table(table_rows(report), markdown=args.markdown))
     print()
     for line in _summary_lines(report):

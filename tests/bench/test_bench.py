@@ -170,8 +170,62 @@ def test_main_weaving_hunts_with_the_weaving_machine(tmp_path: Path,
     assert report["settings"]["machine"] == "weaving" and report["bugs"][0]["aware"]["found"] == 1
 
 
+def test_campaign_hunt_alternates_rounds_of_both_machines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hunt(campaign=True) runs as a campaign does: rounds of CAMPAIGN_ROUND_EXAMPLES examples,
+    the hunting machine in even rounds and the weaving machine in odd ones, one budget and
+    one example count across rounds."""
+    from kvmfuzz.bench import hunting
+    from kvmfuzz.machine import WeavingMachine
+    ran: list[bool] = []
+    after = hunting._HuntState.after_example
+
+    def spy(self: hunting._HuntState, machine: object, pending: BaseException | None) -> None:
+        ran.append(isinstance(machine, WeavingMachine))
+        after(self, machine, pending)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hunting._HuntState, "after_example", spy)
+    size = hunting.CAMPAIGN_ROUND_EXAMPLES
+    r = hunt(None, 0, seconds=math.inf, shrink_seconds=0, step_count=3, max_examples=3 * size,
+             campaign=True)
+    assert not r.found and r.error is None and r.examples == len(ran) == 3 * size
+    # (a round runs max_examples valid examples, plus the ones Hypothesis discards)
+    rounds = [ran[0]] + [b for a, b in zip(ran, ran[1:], strict=False) if a != b]
+    assert rounds[:2] == [False, True] and rounds == [i % 2 == 1 for i in range(len(rounds))]
+    assert ran[:size] == [False] * size
+
+
+def test_campaign_hunt_goes_on_past_a_round_that_found_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hunting rounds get the correct model here (nothing to find), the weaving rounds the
+    bug: the first round runs its examples clean, the second finds the bug in its first
+    example and shrinks it; examples count across rounds; the same seed gives the same find."""
+    from kvmfuzz.bench import hunting
+    real = hunting.make_machine
+
+    def only_weaving_has_the_bug(bug: str | None, *, plain: bool = False,
+                                 weaving: bool = False) -> type:
+        return real(bug if weaving else None, plain=plain, weaving=weaving)
+
+    monkeypatch.setattr(hunting, "make_machine", only_weaving_has_the_bug)
+    monkeypatch.setattr(hunting, "CAMPAIGN_ROUND_EXAMPLES", 5)
+    r = hunt(QUICK_BUG, 0, seconds=60, shrink_seconds=5, step_count=10, campaign=True)
+    assert r.found and r.error is None and r.examples_to_find is not None and r.examples_to_find > 5
+    assert r.title == "I10-pin-leak"
+    again = hunt(QUICK_BUG, 0, seconds=60, shrink_seconds=5, step_count=10, campaign=True)
+    assert again.found and again.examples_to_find == r.examples_to_find and again.title == r.title
+
+
+def test_main_campaign_hunts_as_a_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c.json"
+    assert bench.main(["--bugs", QUICK_BUG, "--seeds", "1", "--seconds", "2", "--no-plain",
+                       "--campaign", "--shrink-seconds", "0", "--throughput-seconds", "0",
+                       "--json", str(out)]) == 0
+    assert "campaign rounds" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["settings"]["machine"] == "campaign" and report["bugs"][0]["aware"]["found"] == 1
+
+
 @pytest.mark.parametrize("argv", [["--bugs", "no_such_bug"], ["--seeds", "0"], ["--seconds", "-1"],
-                                  ["--plain-seconds", "0"]])
+                                  ["--plain-seconds", "0"], ["--weaving", "--campaign"]])
 def test_main_rejects_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         bench.main(argv)
