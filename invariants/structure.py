@@ -59,18 +59,19 @@ def check_spte_format(vm: Vm, walk: TableWalk | None = None) -> None:
         for sp in walk.tables(root):
             if sp.freed:
                 raise SpteFormat(f"{sp.describe()} is reachable but was freed")
-        for sp, idx, gfn, spte in walk.set_entries(root):
+        for sp, _idx, gfn, spte in walk.other(root):
             if S.is_frozen_spte(spte):
                 raise SpteFormat(f"FROZEN SPTE reachable at gfn {gfn:#x} in {sp.describe()}")
-            if not S.is_shadow_present_pte(spte):
-                continue
+        for sp, _idx, gfn, spte in walk.leaf_entries(root):
             why = _reserved(m, geo, spte, sp.level)
             if why is not None:
                 raise SpteFormat(f"gfn {gfn:#x} L{sp.level} {S.format_spte(m, spte, sp.level)}: {why}")
-            if S.is_last_spte(spte, sp.level):
-                if sp.level > geo.max_huge_level:
-                    raise SpteFormat(f"leaf at L{sp.level} (above the max huge level)")
-                continue
+            if sp.level > geo.max_huge_level:
+                raise SpteFormat(f"leaf at L{sp.level} (above the max huge level)")
+        for sp, idx, gfn, spte in walk.links(root):
+            why = _reserved(m, geo, spte, sp.level)
+            if why is not None:
+                raise SpteFormat(f"gfn {gfn:#x} L{sp.level} {S.format_spte(m, spte, sp.level)}: {why}")
             child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
             if child is None or child.freed:
                 raise SpteFormat(f"non-leaf at gfn {gfn:#x} L{sp.level} in {sp.describe()} points "

@@ -34,64 +34,92 @@ def live_roots(vm: Vm) -> list[KvmMmuPage]:
 Entry = tuple[KvmMmuPage, int, int, int]  # (table, index, gfn, spte)
 
 
-def _collect(vm: Vm, sp: KvmMmuPage, out: list[Entry], tables: list[KvmMmuPage] | None = None,
-             all_entries: bool = True) -> None:
-    """Append the (table, index, gfn, spte) reachable from ``sp`` to ``out``, pre-order,
-    following a present non-leaf only into the live table of the next level it points at:
-    every entry, or (``all_entries`` false) those that are not SHADOW_NONPRESENT_VALUE; and
-    each table reached to ``tables``."""
-    if tables is not None:
-        tables.append(sp)
+def _collect(vm: Vm, sp: KvmMmuPage, out: list[Entry]) -> None:
+    """Append every (table, index, gfn, spte) reachable from ``sp`` to ``out``, pre-order,
+    following a present non-leaf only into the live table of the next level it points at."""
     level = sp.level
     span = vm.arch.geo.pages(level)
     by_pfn = vm.arch.sp_by_pfn
     gfn = sp.gfn
     leaf_level = level == S.PG_LEVEL_4K
     for idx, spte in enumerate(sp.spt):
-        if all_entries or spte != S.SHADOW_NONPRESENT_VALUE:
-            out.append((sp, idx, gfn, spte))
+        out.append((sp, idx, gfn, spte))
         gfn += span
-        # is_shadow_present_pte() and not is_last_spte(), inlined: this runs for every entry
-        # of every table after every step
         if spte & S.SPTE_MMU_PRESENT_MASK and not leaf_level and not spte & S.PT_PAGE_SIZE_MASK:
             child = by_pfn.get(S.spte_to_pfn(spte))
             if child is not None and child.level == level - 1:
-                _collect(vm, child, out, tables, all_entries)
+                _collect(vm, child, out)
 
 
 def entries(vm: Vm, sp: KvmMmuPage) -> list[Entry]:
-    """Every (table, index, gfn, spte) reachable from ``sp``, pre-order. (A freed table is
-    never followed: tdp_mmu_free_sp() takes it out of ``sp_by_pfn``.)"""
+    """Every (table, index, gfn, spte) reachable from ``sp``, pre-order."""
     out: list[Entry] = []
     _collect(vm, sp, out)
     return out
 
 
+@attrs.define
+class _RootWalk:
+    """One root's paging structure, classified in one pass (pre-order within each list)."""
+
+    tables: list[KvmMmuPage] = attrs.field(factory=list)  # every table reached
+    links: list[Entry] = attrs.field(factory=list)  # present non-leaf entries
+    leaves: list[Entry] = attrs.field(factory=list)  # present leaf entries
+    other: list[Entry] = attrs.field(factory=list)  # not present, not SHADOW_NONPRESENT_VALUE
+
+    def walk(self, vm: Vm, sp: KvmMmuPage) -> None:
+        self.tables.append(sp)
+        level = sp.level
+        span = vm.arch.geo.pages(level)
+        by_pfn = vm.arch.sp_by_pfn
+        gfn = sp.gfn
+        leaf_level = level == S.PG_LEVEL_4K
+        # is_shadow_present_pte() / is_last_spte() inlined: this runs for every entry of every
+        # table after every step; most entries are SHADOW_NONPRESENT_VALUE and pass every check
+        for idx, spte in enumerate(sp.spt):
+            if spte != S.SHADOW_NONPRESENT_VALUE:
+                if not spte & S.SPTE_MMU_PRESENT_MASK:
+                    self.other.append((sp, idx, gfn, spte))
+                elif leaf_level or spte & S.PT_PAGE_SIZE_MASK:
+                    self.leaves.append((sp, idx, gfn, spte))
+                else:
+                    self.links.append((sp, idx, gfn, spte))
+                    child = by_pfn.get(S.spte_to_pfn(spte))
+                    if child is not None and child.level == level - 1:
+                        self.walk(vm, child)
+            gfn += span
+
+
 class TableWalk:
     """The paging structure below every root on the root list, walked once per step and shared
-    by the checks that read it (``check_step``; a check called alone takes its own). Per root:
-    ``tables(root)``, the tables reached, and ``set_entries(root)``, the entries of
-    ``entries(vm, root)`` that are not SHADOW_NONPRESENT_VALUE (most are; they pass every
-    check); ``leaves``: the present leaves of the live roots (``present_leaves``). Valid only
-    for the state it was taken from; nothing keeps it across steps."""
+    by the checks that read it (``check_step``; a check called alone takes its own). Per root,
+    the entries of ``entries(vm, root)`` that are not SHADOW_NONPRESENT_VALUE (most are; they
+    pass every check), by kind: ``links(root)`` (present non-leaf), ``leaf_entries(root)``
+    (present leaves), ``other(root)`` (set but not present: MMIO, FROZEN, ...); and
+    ``tables(root)``, the tables reached. ``leaves``: the present leaves of the live roots
+    (``present_leaves``). Valid only for the state it was taken from; nothing keeps it across
+    steps."""
 
     def __init__(self, vm: Vm) -> None:
-        self._set: dict[int, list[Entry]] = {}
-        self._tables: dict[int, list[KvmMmuPage]] = {}
+        self._roots: dict[int, _RootWalk] = {}
         for root in vm.arch.roots:
-            out: list[Entry] = []
-            tables: list[KvmMmuPage] = []
-            _collect(vm, root, out, tables, all_entries=False)
-            self._set[root.id], self._tables[root.id] = out, tables
+            w = self._roots[root.id] = _RootWalk()
+            w.walk(vm, root)
         self.leaves = [Leaf(root, sp, idx, sp.level, gfn, spte, sp.src.get(idx))
-                       for root in live_roots(vm) for sp, idx, gfn, spte in self._set[root.id]
-                       if S.is_shadow_present_pte(spte) and S.is_last_spte(spte, sp.level)]
-
-    def set_entries(self, root: KvmMmuPage) -> list[Entry]:
-        return self._set[root.id]
+                       for root in live_roots(vm)
+                       for sp, idx, gfn, spte in self._roots[root.id].leaves]
 
     def tables(self, root: KvmMmuPage) -> list[KvmMmuPage]:
-        return self._tables[root.id]
+        return self._roots[root.id].tables
+
+    def links(self, root: KvmMmuPage) -> list[Entry]:
+        return self._roots[root.id].links
+
+    def leaf_entries(self, root: KvmMmuPage) -> list[Entry]:
+        return self._roots[root.id].leaves
+
+    def other(self, root: KvmMmuPage) -> list[Entry]:
+        return self._roots[root.id].other
 
 
 def present_leaves(vm: Vm) -> list[Leaf]:

@@ -75,7 +75,7 @@ def check_mmio_generation(vm: Vm, walk: TableWalk | None = None) -> None:
     for root in sorted((r for r in vm.arch.roots if not r.freed and not r.role_invalid),
                        key=lambda r: r.id):
         gen = memslots_generation(vm, root.as_id)
-        for sp, idx, _gfn, spte in walk.set_entries(root):
+        for sp, idx, _gfn, spte in walk.other(root):  # (an MMIO SPTE is not present)
             if not S.is_mmio_spte(m, spte) or not check_mmio_spte_gen(vm, spte, gen):
                 continue
             gfn = S.get_mmio_spte_gfn(m, spte)
@@ -140,13 +140,12 @@ def check_pt_freed_early(vm: Vm, walk: TableWalk | None = None) -> None:
             raise PageTableFreedEarly(f"{vcpu.name} still uses freed {vcpu.root.describe()} "
                                       f"(refcount {vcpu.root.root_refcount})")
     for root in vm.arch.roots:
-        for sp, idx, gfn, spte in walk.set_entries(root):
-            if S.is_shadow_present_pte(spte) and not S.is_last_spte(spte, sp.level):
-                child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
-                if child is None or child.freed:
-                    raise PageTableFreedEarly(
-                        f"gfn {gfn:#x} L{sp.level} entry {idx} of {sp.describe()} still points "
-                        f"at freed page table pfn {S.spte_to_pfn(spte):#x}")
+        for sp, idx, gfn, spte in walk.links(root):
+            child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
+            if child is None or child.freed:
+                raise PageTableFreedEarly(
+                    f"gfn {gfn:#x} L{sp.level} entry {idx} of {sp.describe()} still points "
+                    f"at freed page table pfn {S.spte_to_pfn(spte):#x}")
 
 
 def check_writable_trio(vm: Vm, leaves: list[Leaf]) -> None:

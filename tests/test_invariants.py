@@ -1456,8 +1456,9 @@ def test_i1_without_the_huge_split_exemption_fires_on_that_schedule(
 
 def test_the_shared_walk_keeps_every_entry_a_check_can_object_to() -> None:
     """check_step walks the paging structure once (TableWalk) and hands it to the checks: its
-    set entries are those of the full walk that are not SHADOW_NONPRESENT_VALUE, which no
-    check objects to (not present, not FROZEN, not MMIO), and its tables every table reached."""
+    entries are those of the full walk that are not SHADOW_NONPRESENT_VALUE, which no check
+    objects to (not present, not FROZEN, not MMIO), classified as present non-leaf (links),
+    present leaf and other; and its tables every table reached."""
     from kvmfuzz.invariants.walk import TableWalk, entries
     for build in (shared_state, dead_root_tlb_state, dirty_log_harvested_state):
         vm = build().vm
@@ -1465,9 +1466,14 @@ def test_the_shared_walk_keeps_every_entry_a_check_can_object_to() -> None:
         assert vm.arch.roots
         for root in vm.arch.roots:
             full = entries(vm, root)
-            assert walk.set_entries(root) == [e for e in full if e[3] != S.SHADOW_NONPRESENT_VALUE]
+            kept = [e for e in full if e[3] != S.SHADOW_NONPRESENT_VALUE]
+            assert walk.links(root) == [e for e in kept if S.is_shadow_present_pte(e[3])
+                                        and not S.is_last_spte(e[3], e[0].level)]
+            assert walk.leaf_entries(root) == [e for e in kept if S.is_shadow_present_pte(e[3])
+                                               and S.is_last_spte(e[3], e[0].level)]
+            assert walk.other(root) == [e for e in kept if not S.is_shadow_present_pte(e[3])]
             assert walk.tables(root) == list(dict.fromkeys(sp for sp, *_ in full))
-            assert len(walk.set_entries(root)) < len(full)
+            assert len(kept) < len(full) and walk.links(root)
         assert walk.leaves == present_leaves(vm) and walk.leaves
     nonpresent = S.SHADOW_NONPRESENT_VALUE
     for masks in (S.ept_masks(has_ad_bits=True), S.ept_masks(has_ad_bits=False), S.legacy_masks()):

@@ -219,7 +219,7 @@ def _mmio_stale_entries(m: Any) -> list[int]:
     vm = m.d.vm
     walk, masks = TableWalk(vm), vm.arch.masks
     return [S.get_mmio_spte_gfn(masks, spte) for root in live_roots(vm)
-            for _sp, _idx, _gfn, spte in walk.set_entries(root)
+            for _sp, _idx, _gfn, spte in walk.other(root)
             if S.is_mmio_spte(masks, spte) and vm.memslots[0].search(S.get_mmio_spte_gfn(masks, spte))]
 
 
