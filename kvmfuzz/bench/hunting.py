@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis.stateful import get_state_machine_test
 
 from kvmfuzz.config import VmConfig
+from kvmfuzz.corpus import Schedule
 from kvmfuzz.driver import Driver, SlotSpec, Step
 from kvmfuzz.errors import InvalidArgument, ProtocolViolation
 from kvmfuzz.machine import KvmMachine, make_machine
@@ -320,7 +321,8 @@ def replays_clean_on_correct_model(result: HuntResult) -> bool:
     violation: the finding is the bug's, not an invariant's false positive."""
     if result.config is None:
         raise InvalidArgument("replays_clean_on_correct_model: the hunt found nothing")
-    d = Driver(attrs.evolve(result.config, bug=None), result.slots)
+    # (as many VMM threads as the steps name: a weaving schedule may use a third)
+    d = Schedule("replay", result.config, result.slots, result.steps).driver(None)
     sched = d.vm.sched
     try:
         for s in result.steps:

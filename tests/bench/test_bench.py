@@ -6,6 +6,7 @@ itself is ``python -m kvmfuzz bench``, never a timed test).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -189,7 +190,7 @@ def test_campaign_hunt_alternates_rounds_of_both_machines(monkeypatch: pytest.Mo
              campaign=True)
     assert not r.found and r.error is None and r.examples == len(ran) == 3 * size
     # (a round runs max_examples valid examples, plus the ones Hypothesis discards)
-    rounds = [ran[0]] + [b for a, b in zip(ran, ran[1:], strict=False) if a != b]
+    rounds = [ran[0]] + [b for a, b in itertools.pairwise(ran) if a != b]
     assert rounds[:2] == [False, True] and rounds == [i % 2 == 1 for i in range(len(rounds))]
     assert ran[:size] == [False] * size
 
@@ -265,3 +266,20 @@ def test_hunt_does_not_depend_on_what_else_is_imported(tmp_path: Path,
     after = hunt(BUSY_BUG, 0, **kw)  # type: ignore[arg-type]
     assert before.found and after.found
     assert (before.examples_to_find, before.steps) == (after.examples_to_find, after.steps)
+
+
+def test_a_weaving_schedule_naming_the_third_vmm_thread_replays_clean() -> None:
+    """replays_clean_on_correct_model builds the VM with as many VMM threads as the schedule
+    names (a WeavingMachine hunt may use vmm2)."""
+    from driving import SLOT0
+
+    from kvmfuzz.bench import replays_clean_on_correct_model
+    from kvmfuzz.config import VmConfig
+    from kvmfuzz.driver import Driver
+    d = Driver(VmConfig(), (SLOT0,), nr_vmm=3)
+    d.start("get_dirty_log", "vmm2", slot=0)
+    while d.vm.sched.actor("vmm2").busy:
+        d.run_actor("vmm2")
+    r = HuntResult(bug=None, seed=0, plain=False, found=True, steps=tuple(d.steps),
+                   config=VmConfig(), slots=(SLOT0,))
+    assert replays_clean_on_correct_model(r)
