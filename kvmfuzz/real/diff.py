@@ -19,6 +19,11 @@ model_backend.py). The probes the kernel must refuse are generated too (overlaps
 addresses, unknown flags and slot ids, bad dirty-log ranges, updates of guest_memfd slots).
 Host accesses are always ``checked``.
 
+Region kinds: a run draws regions from ``RegionKinds.kinds`` (harness.py), probed once per run
+from the kernel (``region_kinds()``): ``anon``, ``memfd`` and, where KVM offers guest_memfd
+with MMAP|INIT_SHARED, ``gmem``. ``CampaignResult.kinds`` records them and why gmem was left
+out; ``kvmfuzz real`` prints them.
+
 Mismatches the correct model is known to produce are listed in ``KNOWN_DIVERGENCES``; by
 default the generator avoids the ops that trigger them (``--strict`` generates them too), so
 an agreement campaign measures everything else. Each entry names the model function that is
@@ -53,6 +58,7 @@ from kvmfuzz.real.backend import Backend
 from kvmfuzz.real.compare import Comparator, Mismatch, compare
 from kvmfuzz.real.diffcase import DiffCase, load_case, save_case
 from kvmfuzz.real.diffreplay import replay
+from kvmfuzz.real.harness import REGION_KINDS, RegionKinds, guest_memfd_usable, region_kinds
 from kvmfuzz.real.kmsg import KernelLog
 from kvmfuzz.real.model_backend import MODEL_BUGS, ModelBackend, known_bugs
 from kvmfuzz.real.ops import (
@@ -95,7 +101,7 @@ SLOT_IDS: Final = (1, 2, 3, 4)
 BAD_SLOT: Final = 32767  # beyond KVM_USER_MEM_SLOTS of the kernel and of the model
 REGION_IDS: Final = (1, 2, 3)
 REGION_SIZES: Final = (8, 16, 4)
-KINDS: Final[tuple[RegionKind, ...]] = ("anon", "memfd", "gmem")
+KINDS: Final[tuple[RegionKind, ...]] = REGION_KINDS  # all kinds; a run draws from World.kinds
 LOG, RO = MEM_LOG_DIRTY_PAGES, MEM_READONLY
 FLAGS: Final = (0, LOG, LOG, 0, LOG, RO, LOG | RO, 1 << 3)
 GMEM_FLAGS: Final = (0, 0, 0, 0, LOG, RO, 1 << 3)  # only 0 is valid with a guest_memfd
@@ -156,6 +162,7 @@ class World:
 
     config: BackendConfig
     strict: bool = False
+    kinds: tuple[RegionKind, ...] = KINDS  # the region kinds to draw from (the kernel's)
     regions: dict[int, tuple[RegionKind, int]] = attrs.field(factory=dict)
     slots: dict[int, SlotView] = attrs.field(factory=dict)
     counter: int = 0
@@ -284,7 +291,7 @@ def draw_op(data: st.DataObject, w: World) -> Op:
     if not w.regions or (kind == "region" and len(w.regions) < len(REGION_IDS)):
         region = min(set(REGION_IDS) - set(w.regions))
         return CreateRegion(region, data.draw(st.sampled_from(REGION_SIZES), label="npages"),
-                            data.draw(st.sampled_from(KINDS), label="kind"),
+                            data.draw(st.sampled_from(w.kinds), label="kind"),
                             data.draw(st.booleans(), label="thp"))
     fd_regions = sorted(r for r, (k, _) in w.regions.items() if k != "anon")
     logging = sorted(i for i, s in w.slots.items() if s.flags & LOG)
@@ -353,6 +360,7 @@ class DiffStats:
     generated: int | None = None  # schedules run until the first mismatch (then: shrinking)
     lengths: Counter[int] = attrs.field(factory=Counter)
     ops_by_kind: Counter[str] = attrs.field(factory=Counter)
+    regions_by_kind: Counter[str] = attrs.field(factory=Counter)  # CreateRegion ops by kind
     outcomes: Counter[str] = attrs.field(factory=Counter)
     dirty_differs: int = 0
     kernel_log: list[str] = attrs.field(factory=list)
@@ -377,6 +385,7 @@ class DiffContext:
     recorder: Recorder
     strict: bool = False
     klog: KernelLog | None = None  # new kernel-log lines, read after each schedule
+    kinds: RegionKinds = attrs.field(factory=RegionKinds)  # the region kinds the kernel offers
 
 
 def _outcome_label(outcome: Outcome | None) -> str:
@@ -409,7 +418,7 @@ class DiffMachine(RuleBasedStateMachine):
                                kernel_log=False)  # read once per schedule: see teardown
         self.ctx.model.reset(config)
         self.ctx.real.reset(config)
-        self.world = World(config, self.ctx.strict)
+        self.world = World(config, self.ctx.strict, self.ctx.kinds.kinds)
         self.comparator = Comparator(config)
         self.ctx.stats.schedules += 1
         note(f"config {config}")
@@ -438,6 +447,8 @@ class DiffMachine(RuleBasedStateMachine):
         stats = ctx.stats
         stats.operations += 1
         stats.ops_by_kind[type(op).__name__] += 1
+        if isinstance(op, CreateRegion):
+            stats.regions_by_kind[op.kind] += 1
         stats.outcomes[_outcome_label(real_obs.outcome)] += 1
         mismatch: Mismatch | None
         if model_obs is None:
@@ -482,6 +493,7 @@ class CampaignResult:
     saved: Path | None
     stats: DiffStats
     full_at: int = 50
+    kinds: RegionKinds = attrs.field(factory=RegionKinds)
 
     @property
     def ops_per_s(self) -> float:
@@ -513,12 +525,20 @@ def diff_settings(schedules: int, steps: int) -> settings:
 def run_campaign(real: Backend, model: ModelBackend, schedules: int, *,
                  steps: int = DEFAULT_STEPS, seed_: int | None = None,
                  out: str | Path | None = None, strict: bool = False,
-                 kernel_log: bool = True) -> CampaignResult:
+                 kernel_log: bool = True, kinds: RegionKinds | None = None) -> CampaignResult:
     """Run generated schedules on both backends until ``schedules`` of them had at least
     ``min(FULL_OPS, steps)`` ops (Hypothesis also runs shorter ones), or until a mismatch,
     which Hypothesis shrinks, and which is saved into ``out``. ``seed_`` makes
-    the run deterministic (round ``k`` of examples uses seed ``seed_ + k``)."""
-    ctx = DiffContext(real, model, DiffStats(), Recorder(), strict, KernelLog(kernel_log))
+    the run deterministic (round ``k`` of examples uses seed ``seed_ + k``) on a given kernel.
+
+    ``kinds``: the region kinds to generate, from the caller that knows ``real``'s kernel;
+    None probes this machine's KVM once (``region_kinds()``: no gmem without guest_memfd)."""
+    if kinds is None:
+        kinds = region_kinds()
+    if not kinds.kinds or not set(kinds.kinds) <= set(KINDS):
+        raise InvalidArgument(f"region kinds {kinds.kinds}: expected some of {KINDS}")
+    ctx = DiffContext(real, model, DiffStats(), Recorder(), strict, KernelLog(kernel_log),
+                      kinds)
     full_at = min(FULL_OPS, steps)
     start = time.perf_counter()
     try:
@@ -543,7 +563,7 @@ def run_campaign(real: Backend, model: ModelBackend, schedules: int, *,
     seconds = time.perf_counter() - start
     saved = save_case(case, out) if case is not None and out is not None else None
     return CampaignResult(ctx.stats.schedules, ctx.stats.operations, seconds, case, saved,
-                          ctx.stats, full_at)
+                          ctx.stats, full_at, kinds)
 
 
 def _real_backend() -> Backend:
@@ -567,6 +587,12 @@ def _main_replay(argv: Sequence[str]) -> int:
     bug = args.bug if args.bug is not None else case.model_bug
     print(f"{args.file}: {case.title}; config {case.config}; model bug {bug}")
     real = _real_backend()
+    if any(isinstance(op, CreateRegion) and op.kind == "gmem" for op in case.ops):
+        usable, reason = guest_memfd_usable()
+        if not usable:
+            real.close()
+            raise SystemExit(f"kvmfuzz real replay: {args.file} creates a gmem region, which "
+                             f"this kernel cannot: {reason}")
     try:
         result = replay(case, real, ModelBackend(bug), echo=print)
     finally:
@@ -609,12 +635,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--bug {args.bug}: expected one of {', '.join(known_bugs())}")
     model = ModelBackend(args.bug, check=not args.no_check)
     real = _real_backend()
+    kinds = region_kinds()  # the worker runs on this machine's kernel
     try:
         result = run_campaign(real, model, args.schedules, steps=args.steps, seed_=args.seed,
-                              out=args.out, strict=args.strict)
+                              out=args.out, strict=args.strict, kinds=kinds)
     finally:
         real.close()
     print(result.summary())
+    print(f"region kinds: {kinds.describe()}; regions created: "
+          + (", ".join(f"{k} {n}" for k, n in sorted(result.stats.regions_by_kind.items()))
+             or "none"))
     stats = result.stats
     print("ops:", ", ".join(f"{k} {n}" for k, n in sorted(stats.ops_by_kind.items())))
     print("kernel outcomes:", ", ".join(f"{k} {n}" for k, n in sorted(stats.outcomes.items())))

@@ -10,6 +10,8 @@ Standard library only (ctypes for the system calls, see uapi.py). The pieces:
 - ``Region``: host memory that backs memslots (anon, memfd, guest_memfd) and the mm operations
   that fire the MMU notifiers on it.
 - ``kvm_usable()``: whether this machine can run all of it, and why not.
+- ``guest_memfd_usable()`` / ``region_kinds()``: whether this KVM offers guest_memfd with the
+  flags a ``gmem`` region needs, and so which region kinds a run may create (and why not gmem).
 
 Thread use: a ``Vcpu`` belongs to one thread at a time; ``Vm`` ioctls may be issued from
 another thread while vCPUs run (KVM serialises memslot updates itself).
@@ -21,7 +23,7 @@ import ctypes
 import errno
 import os
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 from kvmfuzz.errors import InvalidArgument
 from kvmfuzz.real import accessor as acc
@@ -44,6 +46,9 @@ _CR4_PAE = 0x20
 _EFER_LME, _EFER_LMA = 0x100, 0x400
 _RFLAGS_IOPL3 = 0x3002
 _MAX_EXITS_PER_ACCESS = 16
+
+REGION_KINDS: Final[tuple[RegionKind, ...]] = ("anon", "memfd", "gmem")
+GMEM_FLAGS: Final = uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED
 
 _PROTS: Final = {"none": uapi.PROT_NONE, "r": uapi.PROT_READ,
                  "rw": uapi.PROT_READ | uapi.PROT_WRITE}
@@ -97,10 +102,10 @@ class Region:
         elif kind == "gmem":
             if vm is None:
                 raise InvalidArgument("a gmem region needs its VM")
-            fd, err = vm.create_guest_memfd(
-                self.size, uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED)
+            fd, err = vm.create_guest_memfd(self.size, GMEM_FLAGS)
             if err:
-                raise uapi.SysError(err, f"KVM_CREATE_GUEST_MEMFD: {os.strerror(err)}")
+                raise uapi.SysError(err, f"KVM_CREATE_GUEST_MEMFD: {os.strerror(err)} "
+                                         "(see guest_memfd_usable())")
             self.fd = fd
         elif kind != "anon":
             raise InvalidArgument(f"region kind {kind!r}: expected anon, memfd or gmem")
@@ -450,3 +455,65 @@ def kvm_usable() -> tuple[bool, str]:
         return False, f"KVM VM setup failed: {exc}"
     finally:
         kvm.close()
+
+
+def guest_memfd_support(cap: int, flags: int) -> tuple[bool, str]:
+    """The verdict for a VM's KVM_CAP_GUEST_MEMFD ``cap`` and KVM_CAP_GUEST_MEMFD_FLAGS
+    ``flags``: ``(usable, reason)``; a ``gmem`` region needs guest_memfd with MMAP and
+    INIT_SHARED (host mmap of memory the guest sees as shared)."""
+    if not cap:
+        return False, (f"KVM_CAP_GUEST_MEMFD is 0 and KVM_CAP_GUEST_MEMFD_FLAGS {flags:#x}: "
+                       "this KVM has no guest_memfd")
+    missing = [name for name, bit in (("MMAP", uapi.GUEST_MEMFD_FLAG_MMAP),
+                                      ("INIT_SHARED", uapi.GUEST_MEMFD_FLAG_INIT_SHARED))
+               if not flags & bit]
+    if missing:
+        return False, (f"KVM_CAP_GUEST_MEMFD_FLAGS is {flags:#x}: guest_memfd lacks "
+                       f"{'|'.join(missing)}")
+    return True, f"guest_memfd with flags {flags:#x} (MMAP|INIT_SHARED)"
+
+
+def guest_memfd_usable() -> tuple[bool, str]:
+    """Whether this KVM can create the guest_memfd of a ``gmem`` region (MMAP|INIT_SHARED on a
+    default-type VM): ``(usable, reason)``. Asks the capabilities of a fresh VM fd (the flags
+    depend on the VM type); nothing is cached."""
+    try:
+        kvm = Kvm()
+    except OSError as exc:
+        return False, f"cannot use {KVM_DEV}: {exc}"
+    try:
+        vm_fd, err = uapi.ioctl(kvm.fd, uapi.KVM_CREATE_VM, 0)
+        if err:
+            return False, f"KVM_CREATE_VM: {os.strerror(err)}"
+        try:
+            caps = []
+            for cap in (uapi.KVM_CAP_GUEST_MEMFD, uapi.KVM_CAP_GUEST_MEMFD_FLAGS):
+                ret, err = uapi.ioctl(vm_fd, uapi.KVM_CHECK_EXTENSION, cap)
+                caps.append(0 if err else ret)
+        finally:
+            os.close(vm_fd)
+        return guest_memfd_support(*caps)
+    finally:
+        kvm.close()
+
+
+class RegionKinds(NamedTuple):
+    """The region kinds a run may create (``REGION_KINDS`` order) and why any is left out."""
+
+    kinds: tuple[RegionKind, ...] = REGION_KINDS
+    left_out: str = ""  # "" when every kind is in
+
+    def describe(self) -> str:
+        """``anon, memfd, gmem`` or ``anon, memfd (gmem left out: <reason>)``."""
+        used = ", ".join(self.kinds)
+        return f"{used} ({self.left_out})" if self.left_out else used
+
+
+def region_kinds() -> RegionKinds:
+    """The region kinds this KVM can back memslots with: all of ``REGION_KINDS``, or, where
+    ``guest_memfd_usable()`` says no, all but ``gmem``, with its reason. Probe once per run."""
+    usable, reason = guest_memfd_usable()
+    if usable:
+        return RegionKinds()
+    return RegionKinds(tuple(k for k in REGION_KINDS if k != "gmem"),
+                       f"gmem left out: {reason}")

@@ -26,8 +26,12 @@ the first to the start of the second. The epoch rules checked at every guest acc
   (written ⊆ reported); disabling logging or deleting the slot starts afresh.
 - at the end every page's backing holds the value the rules allow (no write lost).
 
-Randomness: ``seed`` only (the host thread and each vCPU thread draw from their own
-``random.Random`` derived from it); thread interleaving is the kernel's.
+Memory: one 64-page slot per region kind (``LAYOUT``): anon (slot 1, which MOVE moves between
+two gpas), memfd (slot 2) and guest_memfd (slot 3, only where the kernel offers guest_memfd
+with MMAP|INIT_SHARED: ``region_kinds()``; the report says which kinds ran and why not gmem).
+
+Randomness: ``seed`` and the region kinds (the host thread and each vCPU thread draw from their
+own ``random.Random`` derived from the seed); thread interleaving is the kernel's.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from kvmfuzz.real.epochs import (
     firm,
     overlaps,
 )
-from kvmfuzz.real.harness import Kvm, Region, Vcpu, Vm
+from kvmfuzz.real.harness import REGION_KINDS, Kvm, Region, RegionKinds, Vcpu, Vm, region_kinds
 from kvmfuzz.real.kmsg import KernelLog
 from kvmfuzz.real.ops import Mmio, RegionKind, RunFailed, Value
 
@@ -62,6 +66,10 @@ NPAGES: Final = 64  # pages per slot
 MAX_RANGE: Final = 8  # pages per host mm operation
 MAX_VIOLATIONS: Final = 50  # details kept; the count goes on
 LOG: Final = uapi.KVM_MEM_LOG_DIRTY_PAGES
+_MIB: Final = 1 << 20
+# (slot id, region kind, gpas it may sit at: MOVE alternates between them)
+LAYOUT: Final[tuple[tuple[int, RegionKind, tuple[int, ...]], ...]] = (
+    (1, "anon", (16 * _MIB, 24 * _MIB)), (2, "memfd", (32 * _MIB,)), (3, "gmem", (40 * _MIB,)))
 
 _now = time.monotonic_ns
 
@@ -84,6 +92,7 @@ class StressReport:
     violation_count: int
     violations: tuple[str, ...]
     kernel_log: tuple[str, ...]
+    kinds: RegionKinds = attrs.field(factory=RegionKinds)  # the kinds run; why any was not
 
     @property
     def ok(self) -> bool:
@@ -99,7 +108,8 @@ class StressReport:
 class _Run:
     """The shared state of one stress run."""
 
-    def __init__(self, seed: int, host_ops: int, vcpus: int, plant: str | None) -> None:
+    def __init__(self, seed: int, host_ops: int, vcpus: int, plant: str | None,
+                 kinds: RegionKinds) -> None:
         self.seed = seed
         self.plant = plant
         self.rng = random.Random(seed)
@@ -116,19 +126,22 @@ class _Run:
         self.accesses = 0
         self.dirty_checked = 0
         self.gen_serial = 0
-        mib = 1 << 20
         self.slots: list[SlotTrack] = []
-        layout: tuple[tuple[int, RegionKind, tuple[int, ...]], ...] = (
-            (1, "anon", (16 * mib, 24 * mib)), (2, "memfd", (32 * mib,)), (3, "gmem", (40 * mib,)))
-        for ident, kind, locs in layout:
-            region = Region(kind, NPAGES, self.vm)
-            pages = [PageTrack(ident, i) for i in range(NPAGES)]
-            for page in pages:
-                for loc in locs:
-                    page.absent[loc] = deque()
-                for loc in locs[1:]:  # initially only at locs[0]
-                    page.absent[loc].append(Interval(NEG, "initial", firm_start=NEG))
-            self.slots.append(SlotTrack(ident, region, locs, locs[0], pages))
+        try:
+            for ident, kind, locs in LAYOUT:
+                if kind not in kinds.kinds:
+                    continue
+                region = Region(kind, NPAGES, self.vm)
+                pages = [PageTrack(ident, i) for i in range(NPAGES)]
+                for page in pages:
+                    for loc in locs:
+                        page.absent[loc] = deque()
+                    for loc in locs[1:]:  # initially only at locs[0]
+                        page.absent[loc].append(Interval(NEG, "initial", firm_start=NEG))
+                self.slots.append(SlotTrack(ident, region, locs, locs[0], pages))
+        except BaseException:
+            self.close()
+            raise
         for slot in self.slots:
             self._set(slot, 0)
 
@@ -531,9 +544,14 @@ PLANTS: Final = ("hide-zero", "hide-absent", "drop-dirty")
 
 
 def run_stress(seed: int, host_ops: int = 2000, vcpus: int = 2, kernel_log: bool = True,
-               plant: str | None = None, pace: bool = True) -> StressReport:
+               plant: str | None = None, pace: bool = True,
+               kinds: RegionKinds | None = None) -> StressReport:
     """Run ``host_ops`` seeded host operations against ``vcpus`` spinning vCPUs; check the
     epoch rules; report rates and violations. Needs a usable /dev/kvm (see kvm_usable).
+
+    ``kinds``: the region kinds to run (a slot each, see ``LAYOUT``); None probes the kernel
+    once (``region_kinds()``: gmem only with guest_memfd MMAP|INIT_SHARED). The report records
+    them and why any was left out.
 
     ``pace``: the host thread yields the GIL after each op (sleep(0)), so the vCPU threads
     make several accesses per host op (about 4 with 2 vCPUs on 2 cores) instead of about one.
@@ -548,8 +566,16 @@ def run_stress(seed: int, host_ops: int = 2000, vcpus: int = 2, kernel_log: bool
         raise InvalidArgument(f"host_ops={host_ops}: expected >= 0")
     if not 1 <= vcpus <= 8:
         raise InvalidArgument(f"vcpus={vcpus}: expected 1..8")
+    if kinds is None:
+        kinds = region_kinds()
+    if not kinds.kinds or not set(kinds.kinds) <= set(REGION_KINDS):
+        raise InvalidArgument(f"region kinds {kinds.kinds}: expected some of {REGION_KINDS}")
     klog = KernelLog(kernel_log)
-    run = _Run(seed, host_ops, vcpus, plant)
+    try:
+        run = _Run(seed, host_ops, vcpus, plant, kinds)
+    except BaseException:
+        klog.close()
+        raise
     lines: list[str] = []
     try:
         host = _Host(run)
@@ -591,7 +617,7 @@ def run_stress(seed: int, host_ops: int = 2000, vcpus: int = 2, kernel_log: bool
         op_counts=tuple(sorted(run.op_counts.items())),
         outcome_counts=tuple(sorted(run.outcomes.items())),
         dirty_writes_checked=run.dirty_checked, violation_count=run.violation_count,
-        violations=tuple(run.violations), kernel_log=tuple(lines))
+        violations=tuple(run.violations), kernel_log=tuple(lines), kinds=kinds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -610,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.summary())
     print("host ops:", ", ".join(f"{name} {n}" for name, n in report.op_counts))
     print("guest outcomes:", ", ".join(f"{name} {n}" for name, n in report.outcome_counts))
+    print(f"region kinds: {report.kinds.describe()}")
     print(f"manual dirty-log protect: {report.manual_protect}; "
           f"dirty writes checked: {report.dirty_writes_checked}")
     for line in report.violations:

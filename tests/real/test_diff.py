@@ -12,12 +12,13 @@ import attrs
 import pytest
 
 from kvmfuzz.errors import InvalidArgument, InvalidSchedule
+from kvmfuzz.real import harness
 from kvmfuzz.real.backend import KvmBackend
 from kvmfuzz.real.compare import Comparator, DirtyBounds, compare
 from kvmfuzz.real.diff import KNOWN_DIVERGENCES, KNOWN_MODEL_ISSUES, main, run_campaign
 from kvmfuzz.real.diffcase import FORMAT, DiffCase, load_case, save_case
 from kvmfuzz.real.diffreplay import replay
-from kvmfuzz.real.harness import kvm_usable
+from kvmfuzz.real.harness import RegionKinds, guest_memfd_usable, kvm_usable
 from kvmfuzz.real.model_backend import ModelBackend
 from kvmfuzz.real.ops import (
     MEM_LOG_DIRTY_PAGES,
@@ -56,6 +57,7 @@ from kvmfuzz.virt import dirty
 
 USABLE, REASON = kvm_usable()
 needs_kvm = pytest.mark.skipif(not USABLE, reason=f"needs a usable /dev/kvm: {REASON}")
+GMEM, GMEM_REASON = guest_memfd_usable()
 
 G = 0x100000  # slot 1's gpa (the model maps gpa < 16 MiB)
 EFAULT = RunFailed(errno.EFAULT)
@@ -263,6 +265,36 @@ def test_generated_schedules_agree(real: KvmBackend) -> None:
     assert result.case is None, result.case.mismatch.describe() if result.case and \
         result.case.mismatch else ""
     assert result.full_schedules >= 8 and result.operations >= 8 * 50
+    # guest_memfd regions are generated where the kernel has them, left out (and said so) where not
+    regions = result.stats.regions_by_kind
+    assert ("gmem" in result.kinds.kinds) == GMEM
+    if GMEM:
+        assert result.kinds.left_out == "" and regions["gmem"] > 0
+    else:
+        assert result.kinds.left_out == f"gmem left out: {GMEM_REASON}"
+        assert regions and "gmem" not in regions
+
+
+def test_campaign_region_kinds_follow_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on a kernel without guest_memfd draws no gmem region (the model stands in for
+    the kernel; the probe is faked), and one with guest_memfd does."""
+    monkeypatch.setattr(harness, "guest_memfd_usable", lambda: (False, "faked: no guest_memfd"))
+    without = run_campaign(ModelBackend(), ModelBackend(), 8, steps=50, seed_=0,
+                           kernel_log=False)
+    assert without.case is None
+    assert without.kinds == RegionKinds(("anon", "memfd"), "gmem left out: faked: no guest_memfd")
+    assert without.stats.regions_by_kind and "gmem" not in without.stats.regions_by_kind
+    monkeypatch.setattr(harness, "guest_memfd_usable", lambda: (True, "faked"))
+    with_gmem = run_campaign(ModelBackend(), ModelBackend(), 8, steps=50, seed_=0,
+                             kernel_log=False)
+    assert with_gmem.kinds == RegionKinds() and with_gmem.stats.regions_by_kind["gmem"] > 0
+    # the kinds are the run's: given explicitly, the probe is not asked
+    monkeypatch.setattr(harness, "guest_memfd_usable", lambda: pytest.fail("probed"))
+    anon = run_campaign(ModelBackend(), ModelBackend(), 2, steps=20, seed_=0,
+                        kernel_log=False, kinds=RegionKinds(("anon",), "anon only"))
+    assert set(anon.stats.regions_by_kind) == {"anon"}
+    with pytest.raises(InvalidArgument):
+        run_campaign(ModelBackend(), ModelBackend(), 1, kinds=RegionKinds(()))
 
 
 @pytest.mark.kvm
@@ -331,6 +363,8 @@ def test_main_prints_figures_and_replays(tmp_path: Path, capsys: pytest.CaptureF
                  str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "schedules" in out and "operations/s" in out and "mismatches 0" in out
+    assert "region kinds: anon, memfd" in out
+    assert ("gmem left out" in out) == (not GMEM)
     path = save_case(sample_case(), tmp_path)
     assert main(["replay", str(path)]) == 1  # the model bug recorded in the file plants it
     assert "MISMATCH" in capsys.readouterr().out

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from kvmfuzz.real import accessor as acc
+from kvmfuzz.real import uapi
 from kvmfuzz.real.backend import KvmBackend
-from kvmfuzz.real.harness import kvm_usable
+from kvmfuzz.real.harness import guest_memfd_support, guest_memfd_usable, kvm_usable, region_kinds
 from kvmfuzz.real.ops import (
     CreateRegion,
     GuestRead,
@@ -61,6 +62,24 @@ def test_system_image_layout() -> None:
 def test_kvm_usable_gives_a_reason() -> None:
     usable, reason = kvm_usable()
     assert isinstance(usable, bool) and reason
+
+
+def test_guest_memfd_probe_gives_a_reason() -> None:
+    usable, reason = guest_memfd_usable()
+    assert isinstance(usable, bool) and reason
+    kinds = region_kinds()
+    assert ("gmem" in kinds.kinds) == usable
+    assert kinds.left_out == ("" if usable else f"gmem left out: {reason}")
+    # the verdict names what is missing
+    none, why = guest_memfd_support(0, 0)
+    assert not none and "KVM_CAP_GUEST_MEMFD is 0" in why
+    mmap_only, why = guest_memfd_support(1, uapi.GUEST_MEMFD_FLAG_MMAP)
+    assert not mmap_only and "INIT_SHARED" in why and "MMAP|" not in why
+    neither, why = guest_memfd_support(1, 0)
+    assert not neither and "MMAP|INIT_SHARED" in why
+    both, why = guest_memfd_support(1, uapi.GUEST_MEMFD_FLAG_MMAP
+                                    | uapi.GUEST_MEMFD_FLAG_INIT_SHARED | 1 << 2)
+    assert both and why
 
 
 @pytest.mark.kvm

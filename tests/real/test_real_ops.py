@@ -8,7 +8,7 @@ import pytest
 
 from kvmfuzz.errors import InvalidArgument
 from kvmfuzz.real.backend import KvmBackend
-from kvmfuzz.real.harness import kvm_usable
+from kvmfuzz.real.harness import guest_memfd_usable, kvm_usable
 from kvmfuzz.real.ops import (
     MEM_LOG_DIRTY_PAGES,
     MEM_READONLY,
@@ -43,6 +43,9 @@ from kvmfuzz.real.ops import (
 USABLE, REASON = kvm_usable()
 pytestmark = [pytest.mark.kvm,
               pytest.mark.skipif(not USABLE, reason=f"needs a usable /dev/kvm: {REASON}")]
+GMEM, GMEM_REASON = guest_memfd_usable()
+needs_gmem = pytest.mark.skipif(
+    not GMEM, reason=f"needs guest_memfd with MMAP|INIT_SHARED: {GMEM_REASON}")
 
 GPA = 0x400000  # slot 1
 NPAGES = 16
@@ -135,6 +138,7 @@ def test_memfd_punch_hole_reads_zero(kvm: KvmBackend) -> None:
                HostRead(1, 0)) == [Value(3), Ok(), Value(0), Value(0)]
 
 
+@needs_gmem
 def test_guest_memfd_shared_coherence_and_punch(kvm: KvmBackend) -> None:
     slot_with(kvm, "gmem")
     out = run(kvm, HostWrite(1, 0, 0x55), GuestRead(0, GPA), GuestWrite(1, GPA + 8, 0x66),
@@ -142,6 +146,7 @@ def test_guest_memfd_shared_coherence_and_punch(kvm: KvmBackend) -> None:
     assert out == [Ok(), Value(0x55), Value(0x66), Value(0x66), Ok(), Value(0), Value(0)]
 
 
+@needs_gmem
 def test_guest_memfd_slot_ignores_vma_ops(kvm: KvmBackend) -> None:
     slot_with(kvm, "gmem")
     out = run(kvm, GuestWrite(0, GPA, 0x77), Mprotect(1, 0, 1, "none"), GuestRead(0, GPA),
@@ -149,6 +154,7 @@ def test_guest_memfd_slot_ignores_vma_ops(kvm: KvmBackend) -> None:
     assert out == [Value(0x77), Ok(), Value(0x77), Value(0x78), Ok(), Value(0x78)]
 
 
+@needs_gmem
 def test_guest_memfd_slot_cannot_move_or_change_flags(kvm: KvmBackend) -> None:
     slot_with(kvm, "gmem")
     assert run(kvm, MemslotMove(1, 0x800000), MemslotSetFlags(1, MEM_LOG_DIRTY_PAGES)) == [

@@ -5,12 +5,19 @@ from __future__ import annotations
 import pytest
 
 from kvmfuzz.errors import InvalidArgument
-from kvmfuzz.real.harness import kvm_usable
-from kvmfuzz.real.stress import PLANTS, run_stress
+from kvmfuzz.real import harness
+from kvmfuzz.real.harness import RegionKinds, guest_memfd_usable, kvm_usable
+from kvmfuzz.real.stress import PLANTS, StressReport, run_stress
 
 USABLE, REASON = kvm_usable()
+GMEM, GMEM_REASON = guest_memfd_usable()
 pytestmark = [pytest.mark.kvm,
               pytest.mark.skipif(not USABLE, reason=f"needs a usable /dev/kvm: {REASON}")]
+
+
+def kinds_run(report: StressReport) -> set[str]:
+    """The region kinds the host operations touched (op names end with the kind)."""
+    return {name.rsplit("-", 1)[1] for name, _ in report.op_counts}
 
 
 def test_short_run_has_no_violations() -> None:
@@ -21,6 +28,18 @@ def test_short_run_has_no_violations() -> None:
     outcomes = dict(report.outcome_counts)
     assert outcomes.get("read", 0) > 0 and outcomes.get("write", 0) > 0
     assert report.ok and "seed 7" in report.summary()
+    # guest_memfd is exercised where the kernel has it, and said to be left out where not
+    assert kinds_run(report) == set(report.kinds.kinds)
+    assert ("gmem" in report.kinds.kinds) == GMEM
+    assert report.kinds.left_out == ("" if GMEM else f"gmem left out: {GMEM_REASON}")
+
+
+def test_run_without_guest_memfd_creates_no_gmem_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "guest_memfd_usable", lambda: (False, "faked: no guest_memfd"))
+    report = run_stress(seed=1, host_ops=300, vcpus=2)
+    assert report.violation_count == 0, "\n".join(report.violations)
+    assert report.kinds == RegionKinds(("anon", "memfd"), "gmem left out: faked: no guest_memfd")
+    assert kinds_run(report) == {"anon", "memfd"}
 
 
 @pytest.mark.parametrize("plant", PLANTS)
@@ -34,6 +53,8 @@ def test_bad_arguments() -> None:
         run_stress(seed=0, host_ops=10, vcpus=0)
     with pytest.raises(InvalidArgument):
         run_stress(seed=0, host_ops=10, plant="nonsense")
+    with pytest.raises(InvalidArgument):
+        run_stress(seed=0, host_ops=10, kinds=RegionKinds(()))
 
 
 @pytest.mark.slow
