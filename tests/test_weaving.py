@@ -16,8 +16,9 @@ from kvmfuzz.corpus import Schedule, loads, replay
 from kvmfuzz.coverage import CoverageCollector
 from kvmfuzz.driver import Driver, SlotSpec
 from kvmfuzz.errors import InvalidSchedule
-from kvmfuzz.machine import FAMILIES, HOST_OPS, KvmMachine, WeavingMachine, make_machine
+from kvmfuzz.machine import FAMILIES, HOST_OPS, KvmMachine, make_machine
 from kvmfuzz.virt.kvm import KVM_MEM_GUEST_MEMFD
+from kvmfuzz.weaving import WeavingMachine
 
 
 def _collect(weaving: bool, examples: int = 150) -> CoverageCollector:

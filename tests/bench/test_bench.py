@@ -176,7 +176,7 @@ def test_campaign_hunt_alternates_rounds_of_both_machines(monkeypatch: pytest.Mo
     the hunting machine in even rounds and the weaving machine in odd ones, one budget and
     one example count across rounds."""
     from kvmfuzz.bench import hunting
-    from kvmfuzz.machine import WeavingMachine
+    from kvmfuzz.weaving import WeavingMachine
     ran: list[bool] = []
     after = hunting._HuntState.after_example
 
