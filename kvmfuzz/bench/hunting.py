@@ -266,10 +266,9 @@ def hunt(bug: str | None, seed: int, *, plain: bool = False, seconds: float = 20
     the weaving machine (odd rounds), round ``r`` under seed ``seed * CAMPAIGN_SEED_STRIDE +
     r`` (seeds of different hunts never meet); the budget, the example count and the clock
     run across rounds, and the round that finds the bug shrinks it."""
-    if campaign:
-        bases = (make_machine(bug, plain=plain), make_machine(bug, plain=plain, weaving=True))
-    else:
-        bases = (make_machine(bug, plain=plain, weaving=weaving),)
+    bases: tuple[type[KvmMachine], ...] = (
+        (make_machine(bug, plain=plain), make_machine(bug, plain=plain, weaving=True)) if campaign
+        else (make_machine(bug, plain=plain, weaving=weaving),))
     state = _HuntState(time.monotonic(), seconds, shrink_seconds, max_examples)
     round_settings = quiet_settings(step_count)
     if campaign:

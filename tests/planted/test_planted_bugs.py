@@ -2,9 +2,9 @@
 
 For each non-calibration bug of ``kvmfuzz.bugs.CATALOGUE``, ``kvmfuzz.bench.hunt`` runs the
 protocol-aware machine (the hunting machine; for the bugs only the weaving set-ups reach, the
-weaving machine or campaign rounds of both, ``Case.machine``) under a fixed Hypothesis seed with a budget counted in *examples* (not
-seconds), and lets Hypothesis shrink to the end, so the outcome is the same on every run and
-every machine. The shrunk schedule must
+weaving machine or campaign rounds of both, ``Case.machine``) under a fixed Hypothesis seed
+with a budget counted in *examples* (not seconds), and lets Hypothesis shrink to the end, so
+the outcome is the same on every run and every machine. The shrunk schedule must
 - raise a violation whose title the catalogue entry names (``caught_by``),
 - be at most ``MAX_STEPS_PROTOCOL`` machine steps for the issue-2 protocol bugs
   (``PROTOCOL_BUGS``) and ``MAX_STEPS`` for the others (``kvmfuzz.bench.machine_steps``: operation
