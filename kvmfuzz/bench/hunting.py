@@ -192,8 +192,8 @@ class _HuntState:
 
 # The modules whose literals Hypothesis may draw as constants during a hunt (see pinned_constants).
 CONSTANT_MODULES = ("kvmfuzz.sched", "kvmfuzz.host", "kvmfuzz.virt", "kvmfuzz.x86", "kvmfuzz.invariants",
-                    "kvmfuzz.strategies", "kvmfuzz.machine", "kvmfuzz.driver", "kvmfuzz.config",
-                    "kvmfuzz.points", "kvmfuzz.units")
+                    "kvmfuzz.strategies", "kvmfuzz.machine", "kvmfuzz.weaving", "kvmfuzz.driver",
+                    "kvmfuzz.config", "kvmfuzz.points", "kvmfuzz.units")
 _constants_pool: list[Any] = []  # [Constants], computed once per process
 
 
