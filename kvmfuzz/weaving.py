@@ -193,9 +193,16 @@ class WeavingMachine(KvmMachine):
     # be drawn rarely; they get a rule of their own too (``weave_stop_at_huge``).
     HUGE_STOPS = ("recover_huge", "enable_split", "enable_wrprot", "enable_yield", "clear_split",
                   "clear_yield", "clear_wrprot", "to_shared_huge")
+    # The recipes of a walk that yields a contended mmu_lock (TDP_MMU_YIELD): the longest
+    # set-ups (a held read lock, a queued writer, the walk itself), the rarest points; a rule of
+    # their own as well (``weave_stop_at_yield``).
+    YIELD_STOPS = ("clear_yield", "enable_yield", "writer_yield")
 
     def _huge_stops(self) -> list[str]:
         return [r for r in self._stops() if r in self.HUGE_STOPS]
+
+    def _yield_stops(self) -> list[str]:
+        return [r for r in self._stops() if r in self.YIELD_STOPS]
 
     def _stops(self) -> list[str]:
         """The ``STOPS`` recipes that can start now (a cheap test: the recipe may still find
@@ -1123,3 +1130,9 @@ class WeavingMachine(KvmMachine):
     def weave_stop_at_huge(self, data: st.DataObject) -> None:
         """The same, at a point of a dirty-logging walk over huge pages (``HUGE_STOPS``)."""
         self._weave_stop_at(data, self._huge_stops())
+
+    @precondition(lambda self: bool(self._yield_stops()))
+    @rule(data=st.data())
+    def weave_stop_at_yield(self, data: st.DataObject) -> None:
+        """The same, at a contended walk's TDP_MMU_YIELD (``YIELD_STOPS``)."""
+        self._weave_stop_at(data, self._yield_stops())
