@@ -227,11 +227,14 @@ CATALOGUE: Final[tuple[PlantedBug, ...]] = (
                "I7-dirty-writable-unlogged / D1-huge-in-logged-slot / D5-harvest-lost-write",
                interleaving=False),
     PlantedBug("get_dirty_log_skips_protect",
-               "KVM_GET_DIRTY_LOG harvests the bitmap but does not write-protect the harvested "
-               "pages (a test device for D5: the next write is not logged)",
+               "KVM_GET_DIRTY_LOG (and KVM_CLEAR_DIRTY_LOG, through the same arch hook) harvests "
+               "the bitmap but does not write-protect the harvested pages, nor split or "
+               "write-protect huge ones with INITIALLY_SET (a test device for D5: the next "
+               "write is not logged)",
                "plausible omission of kvm_arch_mmu_enable_log_dirty_pt_masked() in "
                "kvm_get_dirty_log_protect()",
-               "I7-dirty-writable-unlogged / D5-harvest-lost-write", interleaving=False),
+               "I7-dirty-writable-unlogged / D5-harvest-lost-write / D1-huge-in-logged-slot",
+               interleaving=False),
     # -- MMIO generation ----------------------------------------------------------------------
     PlantedBug("mmio_spte_without_generation",
                "a memslot change does not bump the generation the MMU stamps into MMIO SPTEs and "
