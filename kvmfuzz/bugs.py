@@ -188,7 +188,8 @@ CATALOGUE: Final[tuple[PlantedBug, ...]] = (
                "kvm_flush_remote_tlbs() and _range() flush nothing (a test device for I22: every "
                "flush is lost, not one)",
                "not a kernel fix: the whole remote-flush primitive removed, for the invariant tests",
-               "I22-flush-before-release / I1-no-mapping-in-closed-range", interleaving=False),
+               "I22-flush-before-release / I1-no-mapping-in-closed-range / "
+               "I5-no-mapping-of-dead-slot", interleaving=False),
     # -- PFN pin release ----------------------------------------------------------------------
     PlantedBug("fault_leaks_page_ref",
                "the fault does not release its page reference (kvm_release_faultin_page)",
