@@ -34,30 +34,6 @@ def live_roots(vm: Vm) -> list[KvmMmuPage]:
 Entry = tuple[KvmMmuPage, int, int, int]  # (table, index, gfn, spte)
 
 
-def _collect(vm: Vm, sp: KvmMmuPage, out: list[Entry]) -> None:
-    """Append every (table, index, gfn, spte) reachable from ``sp`` to ``out``, pre-order,
-    following a present non-leaf only into the live table of the next level it points at."""
-    level = sp.level
-    span = vm.arch.geo.pages(level)
-    by_pfn = vm.arch.sp_by_pfn
-    gfn = sp.gfn
-    leaf_level = level == S.PG_LEVEL_4K
-    for idx, spte in enumerate(sp.spt):
-        out.append((sp, idx, gfn, spte))
-        gfn += span
-        if spte & S.SPTE_MMU_PRESENT_MASK and not leaf_level and not spte & S.PT_PAGE_SIZE_MASK:
-            child = by_pfn.get(S.spte_to_pfn(spte))
-            if child is not None and child.level == level - 1:
-                _collect(vm, child, out)
-
-
-def entries(vm: Vm, sp: KvmMmuPage) -> list[Entry]:
-    """Every (table, index, gfn, spte) reachable from ``sp``, pre-order."""
-    out: list[Entry] = []
-    _collect(vm, sp, out)
-    return out
-
-
 @attrs.define
 class _RootWalk:
     """One root's paging structure, classified in one pass (pre-order within each list)."""
@@ -93,8 +69,9 @@ class _RootWalk:
 class TableWalk:
     """The paging structure below every root on the root list, walked once per step and shared
     by the checks that read it (``check_step``; a check called alone takes its own). Per root,
-    the entries of ``entries(vm, root)`` that are not SHADOW_NONPRESENT_VALUE (most are; they
-    pass every check), by kind: ``links(root)`` (present non-leaf), ``leaf_entries(root)``
+    the entries reachable from it (following a present non-leaf only into the live table of the
+    next level it points at) that are not SHADOW_NONPRESENT_VALUE (most are; they pass every
+    check), by kind: ``links(root)`` (present non-leaf), ``leaf_entries(root)``
     (present leaves), ``other(root)`` (set but not present: MMIO, FROZEN, ...); and
     ``tables(root)``, the tables reached. ``leaves``: the present leaves of the live roots
     (``present_leaves``). Valid only for the state it was taken from; nothing keeps it across

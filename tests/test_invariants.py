@@ -1459,13 +1459,28 @@ def test_the_shared_walk_keeps_every_entry_a_check_can_object_to() -> None:
     entries are those of the full walk that are not SHADOW_NONPRESENT_VALUE, which no check
     objects to (not present, not FROZEN, not MMIO), classified as present non-leaf (links),
     present leaf and other; and its tables every table reached."""
-    from kvmfuzz.invariants.walk import TableWalk, entries
+    from kvmfuzz.invariants.walk import TableWalk
+
+    def entries(sp: Any) -> list[tuple[Any, int, int, int]]:
+        """The reference walk: every (table, index, gfn, spte) reachable from ``sp``, pre-order,
+        following a present non-leaf only into the live table of the next level."""
+        out = []
+        gfn = sp.gfn
+        for idx, spte in enumerate(sp.spt):
+            out.append((sp, idx, gfn, spte))
+            gfn += vm.arch.geo.pages(sp.level)
+            if S.is_shadow_present_pte(spte) and not S.is_last_spte(spte, sp.level):
+                child = vm.arch.sp_by_pfn.get(S.spte_to_pfn(spte))
+                if child is not None and child.level == sp.level - 1:
+                    out += entries(child)
+        return out
+
     for build in (shared_state, dead_root_tlb_state, dirty_log_harvested_state):
         vm = build().vm
         walk = TableWalk(vm)
         assert vm.arch.roots
         for root in vm.arch.roots:
-            full = entries(vm, root)
+            full = entries(root)
             kept = [e for e in full if e[3] != S.SHADOW_NONPRESENT_VALUE]
             assert walk.links(root) == [e for e in kept if S.is_shadow_present_pte(e[3])
                                         and not S.is_last_spte(e[3], e[0].level)]
