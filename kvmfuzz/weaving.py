@@ -1039,7 +1039,7 @@ class WeavingMachine(KvmMachine):
         if self.driver is None or self.plain:
             return False
         vm = self.d.vm
-        return (vm.arch.masks.mmio_caching and self._mmio_cycle() <= self._MMIO_CYCLE_MAX
+        return (vm.arch.masks.mmio_caching and 2 <= self._mmio_cycle() <= self._MMIO_CYCLE_MAX
                 and self._idle("vcpu") and self._idle("vmm", "memslot")
                 and not any(a.busy for a in vm.sched.actors if a.kind == "vmm")
                 and len(vm.memslots[0].slots) < 4)

@@ -240,5 +240,8 @@ def test_the_mmio_cycle_brings_the_generation_back_to_the_stamp() -> None:
     buggy = _machine(VmConfig(mmio_gen_bits=2, bug="mmio_gen_wrap_not_handled"))
     with pytest.raises(ProtocolViolation, match=r"I15|stamped at generation"):
         buggy._weave_mmio_cycle(_SimplestData({}))
-    # with the kernel's 19-bit generation the cycle is 2^19 updates: not offered
+    # with the kernel's 19-bit generation the cycle is 2^19 updates: not offered; nor a
+    # one-update cycle (every update wraps: nothing outlives a wrap to be found stale)
     assert not _machine(VmConfig())._mmio_cycle_possible()
+    one = _machine(VmConfig(mmio_gen_bits=1, nr_as=2))
+    assert one._mmio_cycle() == 1 and not one._mmio_cycle_possible()
