@@ -4,7 +4,9 @@ Rules only start operations on idle actors or advance the schedule with ``run(pi
 0 = the last actor keeps running, so shrinking minimises context switches). Invariants run
 inside the driver after every step; teardown runs every actor to completion.
 ``make_machine(bug=..., plain=...)`` builds a machine class for a planted bug; ``plain=True``
-gives the baseline machine with uniform arguments and no protocol-aware biasing.
+gives the baseline machine with uniform arguments and no protocol-aware biasing;
+``weaving=True`` the ``WeavingMachine`` of ``kvmfuzz.weaving`` (this machine plus the
+coverage-driven ``weave_*`` rules; campaigns alternate the two).
 """
 
 from __future__ import annotations
