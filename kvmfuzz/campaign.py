@@ -66,6 +66,14 @@ _ROUND: dict[str, Any] = {"deadline": None, "suppress_health_check": list(Health
                           "print_blob": False}
 
 
+def round_machines(bug: str | None, *, plain: bool = False,
+                   stats: Stats | None = None) -> tuple[type[KvmMachine], ...]:
+    """The machines a campaign's rounds take in turn (round ``r`` runs ``[r % 2]``): the
+    hunting machine, then the WeavingMachine."""
+    return (make_machine(bug, plain=plain, stats=stats),
+            make_machine(bug, plain=plain, stats=stats, weaving=True))
+
+
 def profile_name(name: str) -> str:
     return f"kvmfuzz-{name}"
 
@@ -363,8 +371,7 @@ def run_campaign(seconds: float, *, seed: int = 0, bug: str | None = None,
     if started is not None:
         started(result)  # the caller sees failures as they are kept, even if interrupted
     hooks = _Hooks(set(), stats, shrink_seconds=shrink_seconds, coverage=CoverageCollector())
-    machines = (_recording_machine(make_machine(bug, stats=stats), hooks),
-                _recording_machine(make_machine(bug, stats=stats, weaving=True), hooks))
+    machines = tuple(_recording_machine(m, hooks) for m in round_machines(bug, stats=stats))
     every = min(5.0, max(0.5, seconds / 5)) if progress_every is None else progress_every
     start = time.monotonic()
     last_progress = start

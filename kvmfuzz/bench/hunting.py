@@ -21,6 +21,7 @@ import hypothesis
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis.stateful import get_state_machine_test
 
+from kvmfuzz.campaign import PROFILES, SHARD_SEED_STRIDE, round_machines
 from kvmfuzz.config import VmConfig
 from kvmfuzz.corpus import Schedule
 from kvmfuzz.driver import Driver, SlotSpec, Step
@@ -31,10 +32,10 @@ FORMAT = "kvmfuzz-bench/1"
 DEFAULT_STEP_COUNT = 10  # rules per generated example: the race rules set a race up in one rule, so
 # short examples find most bugs soonest, and shrink fastest (tests/planted uses the same)
 _MANY = 10**9  # max_examples when a time budget, not a count, ends the run
-# hunt(campaign=True): a campaign round's size (kvmfuzz.campaign's "dev" profile), and the
-# stride between the round seeds of two hunt seeds
-CAMPAIGN_ROUND_EXAMPLES = 50
-CAMPAIGN_SEED_STRIDE = 100_000
+# hunt(campaign=True): a campaign round's size (the default "dev" profile's), and the stride
+# between the round seeds of two hunt seeds (the one between two xdist workers' campaigns)
+CAMPAIGN_ROUND_EXAMPLES: int = PROFILES["dev"][2]["max_examples"]
+CAMPAIGN_SEED_STRIDE = SHARD_SEED_STRIDE
 
 
 # -- schedule measures ---------------------------------------------------------------------
@@ -262,13 +263,15 @@ def hunt(bug: str | None, seed: int, *, plain: bool = False, seconds: float = 20
     independent of the machine's speed (for derandomized tests).
 
     ``campaign``: hunt as a campaign does (``kvmfuzz.campaign``): rounds of
-    ``CAMPAIGN_ROUND_EXAMPLES`` examples that alternate the hunting machine (even rounds) and
-    the weaving machine (odd rounds), round ``r`` under seed ``seed * CAMPAIGN_SEED_STRIDE +
-    r`` (seeds of different hunts never meet); the budget, the example count and the clock
-    run across rounds, and the round that finds the bug shrinks it."""
-    bases: tuple[type[KvmMachine], ...] = (
-        (make_machine(bug, plain=plain), make_machine(bug, plain=plain, weaving=True)) if campaign
-        else (make_machine(bug, plain=plain, weaving=weaving),))
+    ``CAMPAIGN_ROUND_EXAMPLES`` examples that take the campaign's ``round_machines`` in turn
+    (the hunting machine, then the weaving machine), round ``r`` under seed ``seed *
+    CAMPAIGN_SEED_STRIDE + r`` (seeds of different hunts never meet); the budget, the example
+    count and the clock run across rounds, and the round that finds the bug shrinks it. (A
+    campaign's examples have the profile's 20 rules; here ``step_count`` decides.)"""
+    if weaving and campaign:
+        raise InvalidArgument("hunt: weaving and campaign exclude each other")
+    bases = (round_machines(bug, plain=plain) if campaign
+             else (make_machine(bug, plain=plain, weaving=weaving),))
     state = _HuntState(time.monotonic(), seconds, shrink_seconds, max_examples)
     round_settings = quiet_settings(step_count)
     if campaign:

@@ -17,7 +17,7 @@ from typing import Any
 
 import hypothesis
 
-from kvmfuzz.bench.hunting import DEFAULT_STEP_COUNT, FORMAT, HuntResult, hunt
+from kvmfuzz.bench.hunting import CAMPAIGN_ROUND_EXAMPLES, DEFAULT_STEP_COUNT, FORMAT, HuntResult, hunt
 from kvmfuzz.bench.speed import throughput
 from kvmfuzz.bugs import BY_NAME, CATALOGUE, lookup
 from kvmfuzz.errors import InvalidArgument
@@ -153,7 +153,8 @@ def overall(report: dict[str, Any]) -> dict[str, Any]:
 
 
 _MACHINES = {"hunting": "hunting machine", "weaving": "weaving machine",
-             "campaign": "campaign rounds (50 examples each, hunting and weaving machines in turn)"}
+             "campaign": f"campaign rounds ({CAMPAIGN_ROUND_EXAMPLES} examples each, hunting and "
+                         "weaving machines in turn)"}
 
 
 def _summary_lines(report: dict[str, Any]) -> list[str]:
@@ -219,8 +220,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="hunt with the WeavingMachine (a campaign's odd rounds) instead of the "
                        "hunting machine")
     which.add_argument("--campaign", action="store_true",
-                       help="hunt as a campaign does: rounds of 50 examples alternating the "
-                       "hunting and the weaving machine (time to find for a campaign user)")
+                       help=f"hunt as a campaign does: rounds of {CAMPAIGN_ROUND_EXAMPLES} examples "
+                       "alternating the hunting and the weaving machine (time to find for a "
+                       "campaign user)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--shrink-seconds", type=float, default=60.0,
                    help="how long to let Hypothesis shrink each find (default 60)")

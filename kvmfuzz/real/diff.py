@@ -58,7 +58,13 @@ from kvmfuzz.real.backend import Backend
 from kvmfuzz.real.compare import Comparator, Mismatch, compare
 from kvmfuzz.real.diffcase import DiffCase, load_case, save_case
 from kvmfuzz.real.diffreplay import replay
-from kvmfuzz.real.harness import REGION_KINDS, RegionKinds, guest_memfd_usable, region_kinds
+from kvmfuzz.real.harness import (
+    REGION_KINDS,
+    RegionKinds,
+    guest_memfd_usable,
+    region_kinds,
+    resolve_region_kinds,
+)
 from kvmfuzz.real.kmsg import KernelLog
 from kvmfuzz.real.model_backend import MODEL_BUGS, ModelBackend, known_bugs
 from kvmfuzz.real.ops import (
@@ -533,10 +539,7 @@ def run_campaign(real: Backend, model: ModelBackend, schedules: int, *,
 
     ``kinds``: the region kinds to generate, from the caller that knows ``real``'s kernel;
     None probes this machine's KVM once (``region_kinds()``: no gmem without guest_memfd)."""
-    if kinds is None:
-        kinds = region_kinds()
-    if not kinds.kinds or not set(kinds.kinds) <= set(KINDS):
-        raise InvalidArgument(f"region kinds {kinds.kinds}: expected some of {KINDS}")
+    kinds = resolve_region_kinds(kinds)
     ctx = DiffContext(real, model, DiffStats(), Recorder(), strict, KernelLog(kernel_log),
                       kinds)
     full_at = min(FULL_OPS, steps)

@@ -517,3 +517,13 @@ def region_kinds() -> RegionKinds:
         return RegionKinds()
     return RegionKinds(tuple(k for k in REGION_KINDS if k != "gmem"),
                        f"gmem left out: {reason}")
+
+
+def resolve_region_kinds(kinds: RegionKinds | None) -> RegionKinds:
+    """A run's region kinds: ``kinds`` as given (checked: some of ``REGION_KINDS``, nothing
+    else), or, for None, this KVM's (``region_kinds()``, probed once)."""
+    if kinds is None:
+        return region_kinds()
+    if not kinds.kinds or not set(kinds.kinds) <= set(REGION_KINDS):
+        raise InvalidArgument(f"region kinds {kinds.kinds}: expected some of {REGION_KINDS}")
+    return kinds

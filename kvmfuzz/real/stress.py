@@ -58,7 +58,14 @@ from kvmfuzz.real.epochs import (
     firm,
     overlaps,
 )
-from kvmfuzz.real.harness import REGION_KINDS, Kvm, Region, RegionKinds, Vcpu, Vm, region_kinds
+from kvmfuzz.real.harness import (
+    Kvm,
+    Region,
+    RegionKinds,
+    Vcpu,
+    Vm,
+    resolve_region_kinds,
+)
 from kvmfuzz.real.kmsg import KernelLog
 from kvmfuzz.real.ops import Mmio, RegionKind, RunFailed, Value
 
@@ -566,10 +573,7 @@ def run_stress(seed: int, host_ops: int = 2000, vcpus: int = 2, kernel_log: bool
         raise InvalidArgument(f"host_ops={host_ops}: expected >= 0")
     if not 1 <= vcpus <= 8:
         raise InvalidArgument(f"vcpus={vcpus}: expected 1..8")
-    if kinds is None:
-        kinds = region_kinds()
-    if not kinds.kinds or not set(kinds.kinds) <= set(REGION_KINDS):
-        raise InvalidArgument(f"region kinds {kinds.kinds}: expected some of {REGION_KINDS}")
+    kinds = resolve_region_kinds(kinds)
     klog = KernelLog(kernel_log)
     try:
         run = _Run(seed, host_ops, vcpus, plant, kinds)

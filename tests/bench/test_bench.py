@@ -160,17 +160,6 @@ def test_main_markdown_and_no_plain(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert report["settings"]["machine"] == "hunting" and "hunting machine" in text
 
 
-def test_main_weaving_hunts_with_the_weaving_machine(tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "w.json"
-    assert bench.main(["--bugs", QUICK_BUG, "--seeds", "1", "--seconds", "2", "--no-plain",
-                       "--weaving", "--shrink-seconds", "0", "--throughput-seconds", "0",
-                       "--json", str(out)]) == 0
-    assert "weaving machine" in capsys.readouterr().out
-    report = json.loads(out.read_text())
-    assert report["settings"]["machine"] == "weaving" and report["bugs"][0]["aware"]["found"] == 1
-
-
 def test_campaign_hunt_alternates_rounds_of_both_machines(monkeypatch: pytest.MonkeyPatch) -> None:
     """hunt(campaign=True) runs as a campaign does: rounds of CAMPAIGN_ROUND_EXAMPLES examples,
     the hunting machine in even rounds and the weaving machine in odd ones, one budget and
@@ -200,13 +189,12 @@ def test_campaign_hunt_goes_on_past_a_round_that_found_nothing(monkeypatch: pyte
     bug: the first round runs its examples clean, the second finds the bug in its first
     example and shrinks it; examples count across rounds; the same seed gives the same find."""
     from kvmfuzz.bench import hunting
-    real = hunting.make_machine
+    from kvmfuzz.machine import make_machine
 
-    def only_weaving_has_the_bug(bug: str | None, *, plain: bool = False,
-                                 weaving: bool = False) -> type:
-        return real(bug if weaving else None, plain=plain, weaving=weaving)
+    def only_weaving_has_the_bug(bug: str | None, *, plain: bool = False) -> tuple[type, ...]:
+        return (make_machine(None, plain=plain), make_machine(bug, plain=plain, weaving=True))
 
-    monkeypatch.setattr(hunting, "make_machine", only_weaving_has_the_bug)
+    monkeypatch.setattr(hunting, "round_machines", only_weaving_has_the_bug)
     monkeypatch.setattr(hunting, "CAMPAIGN_ROUND_EXAMPLES", 5)
     r = hunt(QUICK_BUG, 0, seconds=60, shrink_seconds=5, step_count=10, campaign=True)
     assert r.found and r.error is None and r.examples_to_find is not None and r.examples_to_find > 5
@@ -215,14 +203,24 @@ def test_campaign_hunt_goes_on_past_a_round_that_found_nothing(monkeypatch: pyte
     assert again.found and again.examples_to_find == r.examples_to_find and again.title == r.title
 
 
-def test_main_campaign_hunts_as_a_campaign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "c.json"
+@pytest.mark.parametrize(("flag", "machine", "says"), [
+    ("--weaving", "weaving", "weaving machine"),
+    ("--campaign", "campaign", "campaign rounds (50 examples each")])
+def test_main_hunts_with_the_machine_it_is_told(flag: str, machine: str, says: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "w.json"
     assert bench.main(["--bugs", QUICK_BUG, "--seeds", "1", "--seconds", "2", "--no-plain",
-                       "--campaign", "--shrink-seconds", "0", "--throughput-seconds", "0",
+                       flag, "--shrink-seconds", "0", "--throughput-seconds", "0",
                        "--json", str(out)]) == 0
-    assert "campaign rounds" in capsys.readouterr().out
+    assert says in capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert report["settings"]["machine"] == "campaign" and report["bugs"][0]["aware"]["found"] == 1
+    assert report["settings"]["machine"] == machine and report["bugs"][0]["aware"]["found"] == 1
+
+
+def test_hunt_rejects_weaving_and_campaign_together() -> None:
+    from kvmfuzz.errors import InvalidArgument
+    with pytest.raises(InvalidArgument, match="exclude each other"):
+        hunt(QUICK_BUG, 0, weaving=True, campaign=True)
 
 
 @pytest.mark.parametrize("argv", [["--bugs", "no_such_bug"], ["--seeds", "0"], ["--seconds", "-1"],

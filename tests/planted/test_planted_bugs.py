@@ -50,7 +50,8 @@ class Case:
 
     max_examples: int
     slow: str | None = None
-    machine: str = "hunting"
+    machine: str = attrs.field(default="hunting",
+                               validator=attrs.validators.in_(("hunting", "weaving", "campaign")))
     max_steps: int | None = None  # a bound of its own, where MAX_STEPS cannot hold (say why)
 
 
